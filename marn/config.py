@@ -1,0 +1,172 @@
+"""The one configuration: `params.yaml` composed through Hydra and checked against a typed schema.
+
+Each stage owns one section (`data`, `features`, `ops`, `train`, ...). A section's dataclass is the
+schema: a key missing from it, or a value of the wrong type, fails with the key's full name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_ENV = "MARN_PARAMS"
+
+
+@dataclass
+class SyntheticConfig:
+    n_users: int = 1500
+    n_items: int = 240
+    n_categories: int = 6
+    n_brands: int = 12
+    shared_factors: int = 4
+    image_factors: int = 3
+    title_factors: int = 3
+    min_seq_len: int = 5
+    max_seq_len: int = 30
+    cold_item_share: float = 0.15
+    image_size: int = 64
+    write_images: bool = True
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    category: str = "Electronics"
+    reviews: Optional[str] = None
+    meta: Optional[str] = None
+    base_url: Optional[str] = None
+    raw_dir: str = "data/raw"
+    prepared_dir: str = "data/prepared"
+    max_len: int = 20
+    seed: int = 42
+    stat_granularities: list[int] = field(default_factory=lambda: [10, 100])
+    time_gap_buckets: int = 12
+    popularity_levels: int = 10
+    max_bad_line_share: float = 0.5
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class Word2VecConfig:
+    epochs: int = 5
+    window: int = 5
+    negatives: int = 5
+    min_count: int = 2
+    lr: float = 0.01
+    batch_size: int = 1024
+
+
+@dataclass
+class FeaturesConfig:
+    dir: str = "data/features"
+    device: str = "cpu"
+    batch_size: int = 16
+    image_size: int = 224
+    num_download_workers: int = 8
+    download_timeout_s: float = 30.0
+    download_retries: int = 3
+    image_cache_dir: str = "data/cache/images"
+    vectors_cache_dir: str = "data/cache/vectors"
+    vgg16_weights: Optional[str] = None
+    vgg16_weights_sha256: Optional[str] = None
+    allow_random_weights: bool = True
+    word_vectors: str = "word2vec"
+    word_dim: int = 300
+    title_len: int = 20
+    seed: int = 0
+    word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
+
+
+@dataclass
+class OpsConfig:
+    backend: str = "auto"
+
+
+@dataclass
+class TrainConfig:
+    models: list[str] = field(default_factory=lambda: ["BaseModel+IDs", "MARN"])
+    out_dir: str = "models"
+    seed: int = 1
+    epochs: int = 2
+    batch_size: int = 32
+    optimizer: str = "adagrad"
+    lr: float = 0.1
+    lambda0: float = 0.05
+    gamma: float = 10.0
+    hidden: int = 256
+    embed_dim: int = 64
+    title_filters: int = 64
+    prediction_mlp: list[int] = field(default_factory=lambda: [128, 64])
+    freeze_word_vectors: bool = True
+    log_every: int = 20
+    checkpoint_every: int = 200
+    num_threads: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    out: str = "metrics/eval.json"
+    plots_dir: str = "plots"
+    batch_size: int = 512
+
+
+@dataclass
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+def params_path() -> Path:
+    return Path(os.environ.get(PARAMS_ENV, PROJECT_ROOT / "params.yaml")).resolve()
+
+
+def load_config(overrides: list[str] | None = None, path: str | Path | None = None) -> DictConfig:
+    """Compose `params.yaml` with Hydra command-line style overrides and check it against `Params`.
+
+    Hydra's compose API is used (not `@hydra.main`), so no `outputs/` or `.hydra/` folder is written.
+    """
+    from hydra import compose, initialize_config_dir
+
+    path = Path(path).resolve() if path is not None else params_path()
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base=None):
+            composed = compose(config_name=path.stem, overrides=list(overrides or []))
+    except Exception as err:  # Hydra wraps override syntax errors in several exception types
+        raise ConfigError(f"{path}: cannot apply overrides {list(overrides or [])}: {err}") from err
+    return validate(composed, source=str(path))
+
+
+def validate(cfg: Any, source: str = "params") -> DictConfig:
+    """Merge `cfg` onto the typed schema; unknown keys and wrong types name the offending key."""
+    schema = OmegaConf.structured(Params)
+    OmegaConf.set_struct(schema, True)
+    try:
+        merged = OmegaConf.merge(schema, cfg)
+    except ConfigKeyError as err:
+        raise ConfigError(f"{source}: unknown key '{err.full_key}'") from err
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{source}: bad value for '{key}': {err.msg if hasattr(err, 'msg') else err}") from err
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
+def resolve_path(value: str | Path) -> Path:
+    """Paths in params are relative to the project root (where `dvc repro` runs)."""
+    p = Path(value)
+    return p if p.is_absolute() else Path.cwd() / p

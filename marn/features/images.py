@@ -1,0 +1,425 @@
+"""VGG16 fc7 image features, one float16 row of 4096 per item, written resumably.
+
+Each item's `image_ref` is a local path, a file:// URL or an http(s) URL; URLs are downloaded on a
+bounded pool into a cache folder first. An image that is missing, cannot be fetched or cannot be decoded
+leaves its row zero, its mask false and its reason counted; the run goes on.
+
+Rows are computed in fixed batches (rows [k*B, (k+1)*B)) into a preallocated memory-mapped `.npy`, and a
+small progress file records how many rows are done, so a killed run continues where it stopped and
+ends with the same bytes an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from PIL import Image
+from tqdm.auto import tqdm
+
+from marn.data.download import DownloadError, download, download_many, file_sha256
+
+log = logging.getLogger(__name__)
+
+IMAGE_FEATURE_DIM = 4096
+RESERVED_ROWS = 2  # item indices 0 (padding) and 1 (out-of-vocabulary) have no image
+IMAGENET_WEIGHTS = "IMAGENET1K_V1"
+# The outcome of each row; stored as int8 codes while a run is in progress so a resumed run can report them.
+ROW_STATUSES = (
+    "pending", "ok", "reserved", "no_image_ref", "missing_file", "corrupt",
+    # download failures, named as marn.data.download names them; "download_error" for any other reason
+    "not_found", "forbidden", "http_error", "timeout", "connection_error", "truncated",
+    "size_mismatch", "checksum_mismatch", "bad_url", "download_error",
+)
+STATUS_CODE = {status: code for code, status in enumerate(ROW_STATUSES)}
+EXAMPLES_PER_REASON = 5
+_TORCHVISION_HASH_SUFFIX = re.compile(r"-([0-9a-f]{6,64})\.[A-Za-z0-9]+$")
+_IMAGE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}$")
+
+
+class WeightsError(RuntimeError):
+    """VGG16 weights that are unavailable, fail their hash check or do not fit the model."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """The image features come from an untrained VGG16: fine for synthetic data, meaningless for real images."""
+
+
+@dataclass(frozen=True)
+class ImageLocation:
+    path: Path  # where the image file is, or will be once downloaded
+    url: str | None = None  # the http(s) URL it is downloaded from, None for local files
+
+
+@dataclass(frozen=True)
+class Fc7Weights:
+    """Which weights the model carries, as the report records them."""
+
+    kind: str  # "imagenet", "file" or "random"
+    source: str  # URL, file path, or "seed N" for random weights
+    sha256: str | None  # of the weights file; None for random weights
+
+    @property
+    def identity(self) -> str:
+        return self.sha256 or f"random:{self.source}"
+
+
+# --- where the images are ----------------------------------------------------------------------------
+
+
+def locate_image(ref: str, cache_dir: Path, raw_dir: Path | None = None) -> ImageLocation | None:
+    """Where the image of an `image_ref` lives; None for an empty reference.
+
+    http(s) images are cached as `cache_dir/<sha256 of the URL>.<suffix>`, so each URL is fetched once;
+    a relative path is taken from `raw_dir` (or the working folder when none is given).
+    """
+    ref = ref.strip()
+    if not ref:
+        return None
+    parsed = urllib.parse.urlsplit(ref)
+    scheme = parsed.scheme.lower()
+    if scheme in ("http", "https"):
+        suffix_match = _IMAGE_SUFFIX.search(parsed.path)
+        name = hashlib.sha256(ref.encode()).hexdigest()[:32] + (suffix_match.group(0).lower() if suffix_match else "")
+        return ImageLocation(Path(cache_dir) / name, ref)
+    if scheme == "file":
+        return ImageLocation(Path(urllib.request.url2pathname(parsed.path)))
+    path = Path(ref)
+    if not path.is_absolute() and raw_dir is not None:
+        path = Path(raw_dir) / path
+    return ImageLocation(path)
+
+
+def fetch_remote_images(
+    locations: dict[int, ImageLocation], *, workers: int, timeout: float, retries: int
+) -> dict[int, str]:
+    """Download the http(s) images among `locations` (already cached ones are kept); returns the
+    failure reason of each row whose download failed."""
+    rows = [row for row, location in locations.items() if location.url is not None]
+    if not rows:
+        return {}
+    results = download_many(
+        [(locations[row].url, locations[row].path) for row in rows], workers=workers, timeout=timeout, retries=retries
+    )
+    return {
+        row: result.error if result.error in STATUS_CODE else "download_error"
+        for row, result in zip(rows, results)
+        if not result.ok
+    }
+
+
+def read_rgb(path: Path) -> Image.Image | None:
+    """The image decoded to RGB, or None when the file is not a readable image (truncated, not an image)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+# --- the model -----------------------------------------------------------------------------------------
+
+
+def imagenet_transform(image_size: int = 224):
+    """ImageNet preprocessing for VGG16: resize the short side to image_size*256/224 (256 for 224),
+    center-crop `image_size`, scale to [0, 1], normalize with ImageNet's mean and std."""
+    from torchvision.models import VGG16_Weights
+
+    resize_size = round(image_size * 256 / 224)
+    return VGG16_Weights[IMAGENET_WEIGHTS].transforms(crop_size=image_size, resize_size=resize_size)
+
+
+def vgg16_fc7(state_dict: dict | None, seed: int) -> torch.nn.Module:
+    """torchvision's VGG16 cut after fc7 + ReLU (the paper drops the last two layers: dropout and fc8),
+    in eval mode. `state_dict=None` gives seeded random weights."""
+    from torchvision.models import vgg16
+
+    if state_dict is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = vgg16(weights=None)
+    else:
+        # Built on the meta device, so the weights are not first initialised randomly only to be replaced.
+        with torch.device("meta"):
+            model = vgg16(weights=None)
+        model.load_state_dict(state_dict, assign=True)
+    model.classifier = model.classifier[:5]  # fc6, ReLU, Dropout, fc7, ReLU
+    return model.eval()
+
+
+def load_vgg16_weights(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[dict | None, Fc7Weights]:
+    """The state dict to use and what it is, by `features` settings:
+
+    1. `vgg16_weights` (path or URL): loaded after its sha256 matches `vgg16_weights_sha256`, or the hash
+       prefix in a torchvision-style name (vgg16-397923af.pth);
+    2. otherwise torchvision's ImageNet weights, downloaded into torch's hub cache and hash-checked;
+    3. when that download fails: random weights (None) with a loud warning, only where
+       `allow_random_weights` is true; else a `WeightsError`.
+    """
+    if cfg.vgg16_weights:
+        path = _fetch_weights_file(str(cfg.vgg16_weights), timeout=timeout, retries=retries)
+        sha256 = _checked_sha256(path, cfg.vgg16_weights_sha256)
+        return _load_state_dict(path), Fc7Weights("file", str(path), sha256)
+
+    from torchvision.models import VGG16_Weights
+
+    url = VGG16_Weights[IMAGENET_WEIGHTS].url
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
+    try:
+        download(url, dest, timeout=timeout, retries=retries)
+    except DownloadError as err:
+        if not cfg.allow_random_weights:
+            raise WeightsError(
+                f"torchvision's ImageNet VGG16 weights could not be downloaded ({err}); put a copy of "
+                f"{dest.name} somewhere and set features.vgg16_weights to it, or set "
+                "features.allow_random_weights: true (for synthetic data only)"
+            ) from err
+        message = (
+            f"VGG16 RUNS ON RANDOM WEIGHTS (seed {cfg.seed}): the ImageNet weights could not be downloaded "
+            f"({err}). The image features carry no ImageNet knowledge; the report says weights: random."
+        )
+        log.warning("!" * 100 + "\n%s\n" + "!" * 100, message)
+        warnings.warn(message, RandomWeightsWarning, stacklevel=2)
+        return None, Fc7Weights("random", f"seed {cfg.seed}", None)
+    sha256 = _checked_sha256(dest, None)
+    return _load_state_dict(dest), Fc7Weights("imagenet", url, sha256)
+
+
+def _fetch_weights_file(spec: str, *, timeout: float, retries: int) -> Path:
+    parsed = urllib.parse.urlsplit(spec)
+    if parsed.scheme in ("http", "https"):
+        dest = Path(torch.hub.get_dir()) / "checkpoints" / (Path(parsed.path).name or "vgg16.pth")
+        return download(spec, dest, timeout=timeout, retries=retries)
+    path = Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else Path(spec)
+    if not path.is_file():
+        raise WeightsError(f"features.vgg16_weights: no such file {path}")
+    return path
+
+
+def _checked_sha256(path: Path, expected: str | None) -> str:
+    """The file's sha256, after checking it against `expected` or the torchvision-style name's hash prefix."""
+    actual = file_sha256(path)
+    if expected:
+        if actual != expected.strip().lower():
+            raise WeightsError(f"{path}: sha256 is {actual}, but features.vgg16_weights_sha256 is {expected}")
+        return actual
+    name_hash = _TORCHVISION_HASH_SUFFIX.search(path.name)
+    if name_hash is None:
+        raise WeightsError(
+            f"{path}: no hash to check it against; set features.vgg16_weights_sha256: {actual} to accept this file"
+        )
+    if not actual.startswith(name_hash.group(1)):
+        raise WeightsError(f"{path}: sha256 is {actual}, which does not start with {name_hash.group(1)} as its name says")
+    return actual
+
+
+def _load_state_dict(path: Path) -> dict:
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises several types for a file that is not a safe state dict
+        raise WeightsError(f"{path}: not a loadable state dict ({type(err).__name__}: {err})") from err
+    if not isinstance(state_dict, dict):
+        raise WeightsError(f"{path}: holds a {type(state_dict).__name__}, not a state dict")
+    return state_dict
+
+
+def fc7_model(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[torch.nn.Module, Fc7Weights]:
+    """VGG16 up to fc7 with the weights `cfg` asks for (see `load_vgg16_weights`)."""
+    state_dict, weights = load_vgg16_weights(cfg, timeout=timeout, retries=retries)
+    try:
+        return vgg16_fc7(state_dict, cfg.seed), weights
+    except RuntimeError as err:
+        raise WeightsError(f"{weights.source}: does not fit torchvision's vgg16: {err}") from err
+
+
+def torch_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"features.device: {name!r} is not a device (cpu, cuda, cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"features.device is {name!r} but torch sees no CUDA device here")
+    return device
+
+
+# --- the resumable extraction ----------------------------------------------------------------------------
+
+
+def extract_image_features(
+    image_refs: Sequence[str],
+    out_dir: Path,
+    model: torch.nn.Module,
+    weights: Fc7Weights,
+    cfg,
+    *,
+    raw_dir: Path | None = None,
+    image_cache_dir: Path,
+) -> dict:
+    """Write `image.npy` (float16 [N, 4096], row = item index) and `image_mask.npy` (bool [N]) into `out_dir`.
+
+    Rows 0 and 1 are the reserved items. `cfg` is the `features` section (device, batch_size, image_size,
+    num_download_workers, download_timeout_s, download_retries). Returns the image part of the report.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_rows = len(image_refs)
+    device = torch_device(cfg.device)
+    batch_size = int(cfg.batch_size)
+    if batch_size < 1:
+        raise ValueError(f"features.batch_size must be at least 1, got {batch_size}")
+
+    locations: dict[int, ImageLocation] = {}
+    planned = ["reserved"] * min(RESERVED_ROWS, n_rows)
+    for row in range(RESERVED_ROWS, n_rows):
+        location = locate_image(image_refs[row], image_cache_dir, raw_dir)
+        planned.append("no_image_ref" if location is None else "pending")
+        if location is not None:
+            locations[row] = location
+
+    fingerprint = _fingerprint(image_refs, weights, cfg, device)
+    work = _WorkFiles(out_dir)
+    features, status, start = work.open(fingerprint, n_rows)
+    if start:
+        log.info("image features: resuming at row %d of %d", start, n_rows)
+    for row, reason in fetch_remote_images(
+        {row: location for row, location in locations.items() if row >= start},
+        workers=cfg.num_download_workers, timeout=cfg.download_timeout_s, retries=cfg.download_retries,
+    ).items():
+        planned[row] = reason
+    status[start:] = [STATUS_CODE[s] for s in planned[start:]]
+
+    transform = imagenet_transform(cfg.image_size)
+    model = model.to(device)
+    pending = np.array([s == "pending" for s in planned])
+    bar = tqdm(total=int(pending.sum()), initial=int(pending[:start].sum()), desc="vgg16 fc7", unit="img")
+    images_done, loop_started = 0, time.perf_counter()
+    with torch.inference_mode():
+        for batch_start in range(start, n_rows, batch_size):
+            rows = range(batch_start, min(batch_start + batch_size, n_rows))
+            batch_rows, batch_images = [], []
+            for row in rows:
+                if not pending[row]:
+                    continue
+                path = locations[row].path
+                image = read_rgb(path) if path.is_file() else None
+                if image is None:
+                    status[row] = STATUS_CODE["corrupt" if path.is_file() else "missing_file"]
+                    continue
+                batch_rows.append(row)
+                batch_images.append(transform(image))
+            if batch_images:
+                fc7 = model(torch.stack(batch_images).to(device)).to("cpu", torch.float16)
+                if not torch.isfinite(fc7).all():
+                    bad = [batch_rows[i] for i in torch.nonzero(~torch.isfinite(fc7).all(1)).flatten().tolist()]
+                    raise FloatingPointError(f"fc7 features of item rows {bad} do not fit float16")
+                features[batch_rows] = fc7.numpy()
+                status[batch_rows] = STATUS_CODE["ok"]
+            work.commit(features, status, fingerprint, rows.stop)
+            images_done += int(pending[rows.start: rows.stop].sum())
+            bar.update(int(pending[rows.start: rows.stop].sum()))
+    bar.close()
+    loop_seconds = time.perf_counter() - loop_started
+    statuses = [ROW_STATUSES[code] for code in status]
+    work.finish(features, status)
+    del features, status
+
+    failures: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for row in range(RESERVED_ROWS, n_rows):
+        if statuses[row] != "ok":
+            failures[statuses[row]] = failures.get(statuses[row], 0) + 1
+            if len(examples.setdefault(statuses[row], [])) < EXAMPLES_PER_REASON:
+                examples[statuses[row]].append(f"item {row}: {image_refs[row]!r}")
+    return {
+        "items": max(n_rows - RESERVED_ROWS, 0),
+        "images_ok": statuses.count("ok"),
+        "image_failures": dict(sorted(failures.items())),
+        "image_failure_examples": dict(sorted(examples.items())),
+        "weights": weights.kind,
+        "weights_source": weights.source,
+        "weights_sha256": weights.sha256,
+        "device": str(device),
+        "image_size": int(cfg.image_size),
+        "resumed_at_row": start,
+        "images_computed": images_done,
+        "images_per_second": round(images_done / loop_seconds, 2) if images_done and loop_seconds > 0 else None,
+        "image_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _fingerprint(image_refs: Sequence[str], weights: Fc7Weights, cfg, device: torch.device) -> str:
+    """What the rows depend on: a resumed run continues only a run that had the same."""
+    import torchvision
+
+    digest = hashlib.sha256()
+    for ref in image_refs:
+        digest.update(ref.encode() + b"\n")
+    digest.update(json.dumps({
+        "weights": weights.identity, "image_size": int(cfg.image_size), "batch_size": int(cfg.batch_size),
+        "device": device.type, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    }, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class _WorkFiles:
+    """The in-progress feature matrix, row statuses and progress record of one output folder."""
+
+    def __init__(self, out_dir: Path):
+        self.features_path = out_dir / ".image.partial.npy"
+        self.status_path = out_dir / ".image_status.partial.npy"
+        self.progress_path = out_dir / ".image.progress.json"
+        self.final_features_path = out_dir / "image.npy"
+        self.final_mask_path = out_dir / "image_mask.npy"
+
+    def open(self, fingerprint: str, n_rows: int) -> tuple[np.memmap, np.memmap, int]:
+        """The memory maps to write and the first row not yet done (0 unless a matching run was cut short)."""
+        rows_done = self._rows_done(fingerprint, n_rows)
+        if rows_done:
+            return open_memmap(self.features_path, mode="r+"), open_memmap(self.status_path, mode="r+"), rows_done
+        self.progress_path.unlink(missing_ok=True)
+        features = open_memmap(self.features_path, mode="w+", dtype=np.float16, shape=(n_rows, IMAGE_FEATURE_DIM))
+        status = open_memmap(self.status_path, mode="w+", dtype=np.int8, shape=(n_rows,))
+        return features, status, 0
+
+    def _rows_done(self, fingerprint: str, n_rows: int) -> int:
+        try:
+            progress = json.loads(self.progress_path.read_text())
+            features = np.load(self.features_path, mmap_mode="r")
+            status = np.load(self.status_path, mmap_mode="r")
+        except (OSError, ValueError):
+            return 0
+        fits = features.shape == (n_rows, IMAGE_FEATURE_DIM) and features.dtype == np.float16 and status.shape == (n_rows,)
+        if progress.get("fingerprint") != fingerprint or not fits:
+            log.info("image features: the unfinished run in %s had other inputs; starting over", self.progress_path.parent)
+            return 0
+        return int(progress["rows_done"])
+
+    def commit(self, features: np.memmap, status: np.memmap, fingerprint: str, rows_done: int) -> None:
+        """Flush the rows, then record them as done (the record never runs ahead of the data)."""
+        features.flush()
+        status.flush()
+        partial = self.progress_path.with_name(self.progress_path.name + ".part")
+        partial.write_text(json.dumps({"fingerprint": fingerprint, "rows_done": rows_done}))
+        os.replace(partial, self.progress_path)
+
+    def finish(self, features: np.memmap, status: np.memmap) -> None:
+        """Publish `image.npy` and `image_mask.npy` and drop the work files."""
+        features.flush()
+        np.save(self.final_mask_path, np.asarray(status) == STATUS_CODE["ok"])
+        self.progress_path.unlink(missing_ok=True)
+        os.replace(self.features_path, self.final_features_path)
+        self.status_path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""MARN, its ablations and (later) the baselines; `registry.MODELS` maps names to builders."""

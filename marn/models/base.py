@@ -1,0 +1,57 @@
+"""What every CTR model here shares: the sizes it is built with and the one hook for extra losses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOSS_NAMES = ("ctr", "ds", "d0", "adv")  # eq. 10: L = L_CTR + L_Ds + L_D0 + L_ADV
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Model sizes, read from the `train` section (and `data.time_gap_buckets`) and saved with the weights."""
+
+    embed_dim: int  # common size of the modality embeddings e^m
+    hidden: int  # size of s^m, c^m, the item representation and the GRU state
+    title_filters: int  # convolution filters per title window
+    freeze_word_vectors: bool
+    prediction_mlp: tuple[int, ...]
+    time_gap_buckets: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "Architecture":
+        return cls(embed_dim=int(cfg.train.embed_dim), hidden=int(cfg.train.hidden),
+                   title_filters=int(cfg.train.title_filters),
+                   freeze_word_vectors=bool(cfg.train.freeze_word_vectors),
+                   prediction_mlp=tuple(int(h) for h in cfg.train.prediction_mlp),
+                   time_gap_buckets=int(cfg.data.time_gap_buckets))
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Architecture":
+        return cls(**{**values, "prediction_mlp": tuple(values["prediction_mlp"])})
+
+
+class CTRModel(nn.Module):
+    """`forward(batch, adversarial_weight)` returns `{"logit": [B], "prob": [B], "aux_losses": {name: scalar}}`.
+
+    `aux_losses` is the one place where a model adds losses beyond the CTR loss (discriminators,
+    adversarial terms); they are computed in training mode only and summed by `compute_loss`.
+    """
+
+    def compute_loss(self, outputs: dict, label: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {"ctr": F.binary_cross_entropy_with_logits(outputs["logit"], label), **outputs["aux_losses"]}
+        unknown = set(parts) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} returned losses {sorted(unknown)} outside {LOSS_NAMES}")
+        return torch.stack(list(parts.values())).sum(), parts
+
+    def modality_attention(self, items: torch.Tensor) -> torch.Tensor | None:
+        """atten^m [N, M, D] of the given items, for models with attention over modalities; else None."""
+        return None

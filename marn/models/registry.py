@@ -1,0 +1,40 @@
+"""The model names used in `params.yaml` (`train.models`), each mapped to a function that builds the model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+
+from marn.data.item_table import ItemTable
+from marn.models.base import Architecture, CTRModel
+from marn.models.marn import MARN, MarnVariant
+from marn.nn.modality_embedding import MODALITIES
+
+MODELS: dict[str, Callable[..., CTRModel]] = {
+    "BaseModel+IDs": partial(MARN, variant=MarnVariant(("ids",), "sum", use_property=False)),
+    "BaseModel+IMAGE": partial(MARN, variant=MarnVariant(("image",), "sum", use_property=False)),
+    "BaseModel+CONC": partial(MARN, variant=MarnVariant(MODALITIES, "sum", use_property=False)),
+    "BaseModel+MAF": partial(MARN, variant=MarnVariant(MODALITIES, "maf", use_property=False)),
+    "BaseModel+MAF+ADV": partial(MARN, variant=MarnVariant(MODALITIES, "maf+adv", use_property=False)),
+    "BaseModel+MAF+DDMA": partial(MARN, variant=MarnVariant(MODALITIES, "maf+ddma", use_property=False)),
+    "MARN": partial(MARN, variant=MarnVariant(MODALITIES, "maf+ddma", use_property=True)),
+}
+
+
+def check_model_name(name: str) -> str:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return name
+
+
+def build_model(name: str, table: ItemTable, architecture: Architecture) -> CTRModel:
+    return MODELS[check_model_name(name)](table, architecture)
+
+
+def model_slug(name: str) -> str:
+    """A file-name-safe form of a model name: 'BaseModel+MAF+DDMA' -> 'basemodel-maf-ddma'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if not slug:
+        raise ValueError(f"model name {name!r} has no letter or digit to name its files by")
+    return slug
