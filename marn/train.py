@@ -161,10 +161,10 @@ def train_model(cfg, model_name: str, prepared_dir: Path, features_dir: Path, ou
                 loss.backward()
                 optimizer.step()
                 state.step += 1
-                values = {name: float(value) for name, value in parts.items()}
+                values = {name: value.detach().item() for name, value in parts.items()}
                 for name in LOSS_NAMES:
                     state.interval_sums[name] += values.get(name, 0.0)
-                state.interval_sums["total"] += float(loss)
+                state.interval_sums["total"] += loss.detach().item()
                 state.interval_steps += 1
                 state.epoch_ctr_sums[epoch] += values["ctr"]
                 progress.update(1)

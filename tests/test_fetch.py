@@ -131,7 +131,10 @@ def test_amazon2018_from_a_mirror(mirror, tmp_path):
     assert summary["urls"]["reviews"] == f"{mirror.base_url}/categoryFilesSmall/Digital_Music_5.json.gz"
     assert summary["urls"]["meta"] == f"{mirror.base_url}/metaFiles2/meta_Digital_Music.json.gz"
     assert summary["meta_schema"] == "amazon2018"
-    assert fetched_files(raw) == {"reviews": raw / "Digital_Music_5.json.gz", "meta": raw / "meta_Digital_Music.json.gz"}
+    assert fetched_files(raw) == {
+        "reviews": raw / "Digital_Music_5.json.gz",
+        "meta": raw / "meta_Digital_Music.json.gz",
+    }
 
 
 def test_missing_file_on_the_mirror_names_the_url(mirror, tmp_path):
@@ -154,7 +157,8 @@ def test_public_url_patterns():
 
 
 def test_unknown_category_is_named_with_a_suggestion(tmp_path):
-    with pytest.raises(ConfigError, match=r"'Electronic' is not a category of amazon2014\. Did you mean 'Electronics'"):
+    suggestion = r"'Electronic' is not a category of amazon2014\. Did you mean 'Electronics'"
+    with pytest.raises(ConfigError, match=suggestion):
         fetch(data_cfg(source="amazon2014", category="Electronic"), tmp_path)
     with pytest.raises(ConfigError, match="'All_Beauty' is not a category of amazon2014"):
         amazon_urls("amazon2014", "All_Beauty")  # a 2018-only category
@@ -207,7 +211,9 @@ def test_detect_meta_schema(shared_data, tmp_path):
 
 
 def test_synthetic_source(tmp_path):
-    pytest.importorskip("marn.data.synthetic", reason="marn.data.synthetic (the generator) is not written yet")
+    synthetic = pytest.importorskip("marn.data.synthetic", reason="the synthetic generator is not written yet")
+    if not hasattr(synthetic, "generate"):
+        pytest.skip("marn.data.synthetic has no generate() yet")
     tiny = SyntheticConfig(n_users=40, n_items=30, n_categories=3, n_brands=4, image_size=16)
     raw = tmp_path / "raw"
     summary = fetch(DataConfig(source="synthetic", synthetic=tiny, seed=3), raw)

@@ -44,10 +44,10 @@ def meta_2014(asin: str, **extra) -> str:
 def run_prepare(tmp_path: Path, reviews: list[str], meta: list[str], **options) -> tuple[dict, Path]:
     raw = tmp_path / "raw"
     raw.mkdir(exist_ok=True)
-    write_lines(raw / "reviews_Test.json.gz", reviews)
-    write_lines(raw / "meta_Test.json.gz", meta)
+    reviews_path = write_lines(raw / "reviews_Test.json.gz", reviews)
+    meta_path = write_lines(raw / "meta_Test.json.gz", meta)
     out = tmp_path / "prepared"
-    return prepare(raw, out, PrepareOptions(**options), progress=False), out
+    return prepare(raw, out, PrepareOptions(**options), reviews_path, meta_path, progress=False), out
 
 
 def load_split(out: Path, split: str) -> np.ndarray:

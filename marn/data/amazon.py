@@ -22,7 +22,6 @@ from typing import IO, Iterator
 import numpy as np
 
 EXAMPLES_PER_REASON = 5
-FETCH_RECORD = "fetch.json"  # written by the fetch stage beside the raw files
 STATISTIC_NAMES = ("n_reviews", "mean_rating", "price", "sales_rank")
 _ASIN_IN_LINE = re.compile(r"""["']asin["']\s*:\s*["']([^"']+)["']""")
 _NUMBER = re.compile(r"[-+]?\d[\d,]*\.?\d*")
@@ -251,16 +250,3 @@ def read_meta(path: Path, wanted_asins: set[str], skips: SkipLog, max_bad_share:
             sales_rank=stats["sales_rank"],
         )
     return items
-
-
-def find_raw_files(raw_dir: Path) -> tuple[Path, Path]:
-    """The one reviews file and the one metadata file in a raw folder, by the releases' naming."""
-    candidates = [p for p in sorted(raw_dir.iterdir()) if p.is_file() and p.name != FETCH_RECORD
-                  and p.name.endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz"))]
-    reviews = [p for p in candidates if not p.name.startswith("meta")]
-    meta = [p for p in candidates if p.name.startswith("meta")]
-    if len(reviews) != 1 or len(meta) != 1:
-        raise DataFileError(
-            f"{raw_dir}: expected one reviews file and one meta_* file (.json[.gz]), "
-            f"found reviews={[p.name for p in reviews]} meta={[p.name for p in meta]}")
-    return reviews[0], meta[0]

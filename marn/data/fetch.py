@@ -7,9 +7,7 @@ Amazon 2014 (McAuley et al.) or 2018 (Ni et al.) release, or any two files given
 
 from __future__ import annotations
 
-import ast
 import difflib
-import gzip
 import json
 import os
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from marn.config import ConfigError
+from marn.data.amazon import open_text, parse_record
 from marn.data.download import download, file_sha256
 
 FETCH_RECORD = "fetch.json"
@@ -101,8 +100,9 @@ def fetch(cfg: Any, raw_dir: Path) -> dict:
     summary["meta_schema"] = detect_meta_schema(raw_dir / summary["files"]["meta"]["name"])
     summary["seconds"] = round(time.perf_counter() - started, 3)
     _remove_stale_files(raw_dir, summary)
-    _write_json_atomically(raw_dir / FETCH_RECORD, summary)
-    return summary
+    record = json.loads(json.dumps(summary, default=_to_plain))  # callers get exactly what fetch.json holds
+    _write_json_atomically(raw_dir / FETCH_RECORD, record)
+    return record
 
 
 def amazon_urls(source: str, category: str, base_url: str | None = None) -> dict[str, str]:
@@ -138,11 +138,10 @@ def detect_meta_schema(path: Path) -> str:
         record = json.loads(line)
     except json.JSONDecodeError:
         try:
-            record = ast.literal_eval(line)
+            parse_record(line)
         except (ValueError, SyntaxError) as err:
             raise ValueError(f"{path}: first line is neither JSON nor a Python literal: {line[:80]!r}") from err
-        if isinstance(record, dict):
-            return "amazon2014"
+        return "amazon2014"  # only the 2014 release writes Python literals
     if not isinstance(record, dict):
         raise ValueError(f"{path}: first line is not an object: {line[:80]!r}")
     if record.keys() & _META_2018_KEYS:
@@ -156,10 +155,7 @@ def detect_meta_schema(path: Path) -> str:
 
 
 def _first_non_empty_line(path: Path) -> str:
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         for line in f:
             if line.strip():
                 return line.strip()
@@ -248,8 +244,12 @@ def _describe(path: Path) -> dict:
     return {"name": path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+def _to_plain(value: Any) -> Any:
+    """numpy values in the generator's summary become plain numbers and lists, anything else its text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
 def _write_json_atomically(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    # numpy values in the generator's summary become plain numbers and lists, anything else its text
-    tmp.write_text(json.dumps(payload, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)

@@ -112,8 +112,8 @@ def load_item_table(prepared_dir: str | Path, features_dir: str | Path) -> ItemT
         raise ItemTableError(f"{features_dir / 'title_ids.npy'}: word ids outside [0, {word_vectors.shape[0]}) "
                              f"(found {title_ids.min()}..{title_ids.max()})")
 
-    category = items["category_idx"].to_numpy(np.int64)
-    brand = items["brand_idx"].to_numpy(np.int64)
+    category = items["category_idx"].to_numpy(np.int64, copy=True)
+    brand = items["brand_idx"].to_numpy(np.int64, copy=True)
     n_categories, n_brands = len(vocab["categories"]), len(vocab["brands"])
     if category.max() >= n_categories:
         raise ItemTableError(f"category_idx {category.max()} is outside vocab.json's {n_categories} categories")
@@ -123,15 +123,15 @@ def load_item_table(prepared_dir: str | Path, features_dir: str | Path) -> ItemT
     return ItemTable(
         category=torch.from_numpy(category),
         brand=torch.from_numpy(brand),
-        statistics=torch.from_numpy(items[list(statistic_names)].to_numpy(np.float32)),
+        statistics=torch.from_numpy(items[list(statistic_names)].to_numpy(np.float32, copy=True)),
         statistic_names=statistic_names,
         stat_boundaries=boundaries,
-        image=torch.from_numpy(np.ascontiguousarray(image, dtype=np.float16)),
+        image=torch.from_numpy(np.array(image, dtype=np.float16)),
         image_mask=torch.from_numpy(image_mask.astype(bool)),
         title_ids=torch.from_numpy(title_ids.astype(np.int64)),
         word_vectors=torch.from_numpy(word_vectors.astype(np.float32)),
-        popularity_level=torch.from_numpy(items["popularity_level"].to_numpy(np.int64)),
-        cold=torch.from_numpy(items["cold"].to_numpy(bool)),
+        popularity_level=torch.from_numpy(items["popularity_level"].to_numpy(np.int64, copy=True)),
+        cold=torch.from_numpy(items["cold"].to_numpy(bool, copy=True)),
         category_names=tuple(str(c) for c in vocab["categories"]),
         n_brands=n_brands,
         n_behaviour_types=n_behaviour_types,

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from marn.data.amazon import STATISTIC_NAMES, SkipLog, find_raw_files, read_meta, read_reviews
+from marn.data.amazon import STATISTIC_NAMES, SkipLog, read_meta, read_reviews
+from marn.data.fetch import fetched_files
 from marn.data.text import tokenize
 
 PAD, OOV = 0, 1
@@ -99,7 +100,8 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
     """Prepare one dataset; returns the report also written to `out_dir/report.json`."""
     started = time.time()
     if reviews_path is None or meta_path is None:
-        reviews_path, meta_path = find_raw_files(Path(raw_dir))
+        files = fetched_files(Path(raw_dir))
+        reviews_path, meta_path = files["reviews"], files["meta"]
     skips = SkipLog()
     say = print if progress else (lambda *a, **k: None)
 

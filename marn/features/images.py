@@ -329,7 +329,7 @@ def extract_image_features(
                 features[batch_rows] = fc7.numpy()
                 status[batch_rows] = STATUS_CODE["ok"]
             work.commit(features, status, fingerprint, rows.stop)
-            images_done += int(pending[rows.start: rows.stop].sum())
+            images_done += len(batch_images)
             bar.update(int(pending[rows.start: rows.stop].sum()))
     bar.close()
     loop_seconds = time.perf_counter() - loop_started

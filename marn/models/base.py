@@ -52,6 +52,6 @@ class CTRModel(nn.Module):
             raise ValueError(f"{type(self).__name__} returned losses {sorted(unknown)} outside {LOSS_NAMES}")
         return torch.stack(list(parts.values())).sum(), parts
 
-    def modality_attention(self, items: torch.Tensor) -> torch.Tensor | None:
-        """atten^m [N, M, D] of the given items, for models with attention over modalities; else None."""
+    def modality_attention(self, items: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """{modality: atten^m [N, D]} of the given items, for models with attention over modalities; else None."""
         return None

@@ -76,10 +76,11 @@ class MARN(CTRModel):
             pooled, losses = self.adversary(parts.invariant, specific_for_ds, adversarial_weight)
         return parts.fused_specific + pooled, losses
 
-    def modality_attention(self, items: torch.Tensor) -> torch.Tensor | None:
+    def modality_attention(self, items: torch.Tensor) -> dict[str, torch.Tensor] | None:
         if self.variant.fusion == "sum":
             return None
-        return self.fusion(self.modality_embedding(items)).attention
+        attention = self.fusion(self.modality_embedding(items)).attention
+        return {m: attention[:, i] for i, m in enumerate(self.variant.modalities)}
 
     def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
         target, history, mask = batch["target_item"], batch["hist_items"], batch["hist_mask"]

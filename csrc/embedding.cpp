@@ -1,0 +1,197 @@
+// Multi-granularity embedding lookup: input checks and the CPU kernels.
+#include "embedding.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "checks.h"
+
+namespace marn {
+
+namespace {
+constexpr const char* kLookup = "marn::multi_granularity_embedding";
+constexpr const char* kLookupBackward = "marn::multi_granularity_embedding_backward";
+}  // namespace
+
+EmbeddingLayout check_embedding_inputs(const at::Tensor& values, at::TensorList boundaries,
+                                       at::TensorList tables) {
+  const char* op = kLookup;
+  check_dim(op, "values", values, 2, "[N, statistics]");
+  check_float_or_double(op, "values", values);
+  check_contiguous(op, "values", values);
+  TORCH_CHECK_VALUE(!boundaries.empty(), op, ": boundaries must hold at least one granularity");
+  TORCH_CHECK_VALUE(boundaries.size() == tables.size(), op, ": got ", boundaries.size(),
+                    " boundary tensors but ", tables.size(), " tables; each granularity needs one of each");
+  EmbeddingLayout layout;
+  layout.num_values = values.size(0);
+  layout.num_statistics = values.size(1);
+  layout.num_granularities = static_cast<int64_t>(boundaries.size());
+  check_dim(op, "tables[0]", tables[0], 2, "[statistics * (bins + 1), dim]");
+  layout.dim = tables[0].size(1);
+  for (size_t g = 0; g < boundaries.size(); ++g) {
+    const std::string b_name = "boundaries[" + std::to_string(g) + "]";
+    const std::string t_name = "tables[" + std::to_string(g) + "]";
+    const at::Tensor& b = boundaries[g];
+    const at::Tensor& table = tables[g];
+    check_dim(op, b_name.c_str(), b, 2, "[statistics, bins - 1]");
+    check_dtype(op, b_name.c_str(), b, values.scalar_type());
+    check_device(op, b_name.c_str(), b, values.device());
+    check_contiguous(op, b_name.c_str(), b);
+    TORCH_CHECK_VALUE(b.size(0) == layout.num_statistics, op, ": ", b_name, " has ", b.size(0),
+                      " rows but values has ", layout.num_statistics, " statistics");
+    const int64_t bins = b.size(1) + 1;
+    layout.bins.push_back(bins);
+    check_dim(op, t_name.c_str(), table, 2, "[statistics * (bins + 1), dim]");
+    check_float_or_double(op, t_name.c_str(), table);
+    check_dtype(op, t_name.c_str(), table, tables[0].scalar_type());
+    check_device(op, t_name.c_str(), table, values.device());
+    check_contiguous(op, t_name.c_str(), table);
+    check_shape(op, t_name.c_str(), table, {layout.num_statistics * (bins + 1), layout.dim},
+                "[statistics * (bins + 1), dim] (one row per bucket plus one for NaN)");
+    if (b.numel() > 0) {
+      // One host read per granularity: NaN fails both comparisons, so it counts as unsorted.
+      const bool sorted = b.size(1) < 2 ||
+                          (b.narrow(1, 1, b.size(1) - 1) >= b.narrow(1, 0, b.size(1) - 1))
+                              .all()
+                              .item<bool>();
+      const bool finite_order = (b == b).all().item<bool>();
+      TORCH_CHECK_VALUE(sorted && finite_order, op, ": every row of ", b_name,
+                        " must be sorted ascending and free of NaN");
+    }
+  }
+  return layout;
+}
+
+std::vector<int64_t> check_embedding_backward_inputs(const at::Tensor& grad_out,
+                                                     const at::Tensor& rows,
+                                                     c10::SymIntArrayRef table_rows) {
+  const char* op = kLookupBackward;
+  check_dim(op, "grad_out", grad_out, 3, "[N, slots, dim]");
+  check_float_or_double(op, "grad_out", grad_out);
+  check_contiguous(op, "grad_out", grad_out);
+  check_shape(op, "rows", rows, {grad_out.size(0), grad_out.size(1)}, "[N, slots]");
+  check_dtype(op, "rows", rows, at::kLong);
+  check_device(op, "rows", rows, grad_out.device());
+  check_contiguous(op, "rows", rows);
+  const int64_t granularities = static_cast<int64_t>(table_rows.size());
+  TORCH_CHECK_VALUE(granularities > 0 && grad_out.size(1) % granularities == 0, op,
+                    ": the ", grad_out.size(1), " slots must split evenly over the ",
+                    granularities, " granularities");
+  std::vector<int64_t> sizes;
+  for (const c10::SymInt& size : table_rows) {
+    sizes.push_back(size.expect_int());
+    TORCH_CHECK_VALUE(sizes.back() >= 0, op, ": table_rows must be >= 0, got ", sizes.back());
+  }
+  if (rows.numel() > 0) {
+    const at::Tensor by_granularity = rows.view({-1, granularities});
+    const at::Tensor lowest = std::get<0>(by_granularity.min(0)).cpu();
+    const at::Tensor highest = std::get<0>(by_granularity.max(0)).cpu();
+    for (int64_t g = 0; g < granularities; ++g) {
+      const int64_t low = lowest[g].item<int64_t>();
+      const int64_t high = highest[g].item<int64_t>();
+      TORCH_CHECK_INDEX(low >= 0 && high < sizes[g], op, ": rows of granularity ", g,
+                        " must lie in [0, ", sizes[g], "), got values in [", low, ", ", high, "]");
+    }
+  }
+  return sizes;
+}
+
+namespace {
+
+// Rows of values per parallel chunk: each row costs K * |G| binary searches and copies.
+constexpr int64_t kLookupGrain = 256;
+
+template <typename value_t, typename table_t>
+void lookup_cpu_typed(const at::Tensor& values, at::TensorList boundaries, at::TensorList tables,
+                      const EmbeddingLayout& layout, at::Tensor& out, at::Tensor& rows) {
+  const int64_t statistics = layout.num_statistics;
+  const int64_t granularities = layout.num_granularities;
+  const int64_t slots = layout.slots();
+  const int64_t dim = layout.dim;
+  std::vector<const value_t*> boundary_data;
+  std::vector<const table_t*> table_data;
+  for (int64_t g = 0; g < granularities; ++g) {
+    boundary_data.push_back(boundaries[g].const_data_ptr<value_t>());
+    table_data.push_back(tables[g].const_data_ptr<table_t>());
+  }
+  const value_t* value_data = values.const_data_ptr<value_t>();
+  table_t* out_data = out.mutable_data_ptr<table_t>();
+  int64_t* row_data = rows.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, layout.num_values, kLookupGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t k = 0; k < statistics; ++k) {
+        const value_t v = value_data[n * statistics + k];
+        for (int64_t g = 0; g < granularities; ++g) {
+          const int64_t bins = layout.bins[g];
+          const value_t* first = boundary_data[g] + k * (bins - 1);
+          const int64_t bucket =
+              std::isnan(v) ? bins : std::lower_bound(first, first + bins - 1, v) - first;
+          const int64_t row = k * (bins + 1) + bucket;
+          const int64_t slot = k * granularities + g;
+          row_data[n * slots + slot] = row;
+          std::copy_n(table_data[g] + row * dim, dim, out_data + (n * slots + slot) * dim);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> lookup_cpu(const at::Tensor& values,
+                                              at::TensorList boundaries, at::TensorList tables) {
+  const EmbeddingLayout layout = check_embedding_inputs(values, boundaries, tables);
+  at::Tensor out = at::empty({layout.num_values, layout.slots(), layout.dim}, tables[0].options());
+  at::Tensor rows =
+      at::empty({layout.num_values, layout.slots()}, values.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "multi_granularity_embedding_cpu", [&] {
+    using value_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(tables[0].scalar_type(), "multi_granularity_embedding_cpu", [&] {
+      lookup_cpu_typed<value_t, scalar_t>(values, boundaries, tables, layout, out, rows);
+    });
+  });
+  return {out, rows};
+}
+
+// Each slot (statistic k, granularity g) owns its own rows of table g, so one thread per slot
+// accumulates in a fixed order: deterministic without atomics, whatever `deterministic` says.
+std::vector<at::Tensor> lookup_backward_cpu(const at::Tensor& grad_out, const at::Tensor& rows,
+                                            c10::SymIntArrayRef table_rows,
+                                            bool /*deterministic*/) {
+  const std::vector<int64_t> sizes = check_embedding_backward_inputs(grad_out, rows, table_rows);
+  const int64_t num_values = grad_out.size(0);
+  const int64_t slots = grad_out.size(1);
+  const int64_t dim = grad_out.size(2);
+  const int64_t granularities = static_cast<int64_t>(sizes.size());
+  std::vector<at::Tensor> grad_tables;
+  for (const int64_t size : sizes) grad_tables.push_back(at::zeros({size, dim}, grad_out.options()));
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "multi_granularity_embedding_backward_cpu",
+                             [&] {
+    const scalar_t* grad_data = grad_out.const_data_ptr<scalar_t>();
+    const int64_t* row_data = rows.const_data_ptr<int64_t>();
+    at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t slot = begin; slot < end; ++slot) {
+        scalar_t* table = grad_tables[slot % granularities].mutable_data_ptr<scalar_t>();
+        for (int64_t n = 0; n < num_values; ++n) {
+          scalar_t* target = table + row_data[n * slots + slot] * dim;
+          const scalar_t* source = grad_data + (n * slots + slot) * dim;
+          for (int64_t j = 0; j < dim; ++j) target[j] += source[j];
+        }
+      }
+    });
+  });
+  return grad_tables;
+}
+
+}  // namespace
+}  // namespace marn
+
+TORCH_LIBRARY_IMPL(marn, CPU, m) {
+  m.impl("multi_granularity_embedding", &marn::lookup_cpu);
+  m.impl("multi_granularity_embedding_backward", &marn::lookup_backward_cpu);
+}

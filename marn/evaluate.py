@@ -1,0 +1,198 @@
+"""Evaluate stage: trained models on the test split (paper §4.1, Table 4, Fig. 4).
+
+`evaluate_models` writes
+- `out_path` (`evaluate.out`): `{model: {user_auc, auc, gauc, logloss, n_users, n_samples}}`;
+- `<plots_dir>/popularity_auc.json` (rows `{model, level, auc, n_samples}`) and `popularity_auc.png`;
+- `<plots_dir>/modality_attention.json` (rows `{model, category, modality, attention_norm}`, models with
+  attention over modalities only) and `modality_attention_<slug>.png` per such model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marn.config import resolve_path
+from marn.data.dataset import CTRDataset
+from marn.data.item_table import RESERVED_ENTRIES, ItemTable, load_item_table
+from marn.models.base import CTRModel
+from marn.models.persistence import load_model
+from marn.models.registry import check_model_name, model_slug
+
+PROBABILITY_CLIP = 1e-15  # keeps log loss finite for a saturated prediction
+
+
+def per_group_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUC of each group (NaN where the group lacks a class) and its number of samples, in sorted group order.
+
+    Eq. 11's pair count, sum over positive-negative pairs of [score_pos > score_neg], with tied pairs
+    counted as 1/2, computed from ranks: (sum of the positives' ranks - n+(n+ + 1)/2) / (n+ n-).
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not (len(groups) == len(labels) == len(scores)):
+        raise ValueError(f"groups, labels and scores differ in length: {len(groups)}, {len(labels)}, {len(scores)}")
+    if np.isnan(scores).any():
+        raise ValueError(f"{int(np.isnan(scores).sum())} scores are NaN")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1, found {np.unique(labels)[~np.isin(np.unique(labels), (0, 1))]}")
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group.max()) + 1 if group.size else 0
+    order = np.lexsort((scores, group))
+    group, scores, positive = group[order], scores[order], labels[order].astype(bool)
+    rank_in_group = np.arange(len(group)) - np.searchsorted(group, group) + 1
+    new_run = np.r_[True, (group[1:] != group[:-1]) | (scores[1:] != scores[:-1])]
+    run = np.cumsum(new_run) - 1
+    mean_rank = (np.bincount(run, weights=rank_in_group) / np.bincount(run))[run]  # ties share their mean rank
+    n_samples = np.bincount(group, minlength=n_groups)
+    n_positive = np.bincount(group, weights=positive, minlength=n_groups)
+    n_negative = n_samples - n_positive
+    positive_rank_sum = np.bincount(group, weights=mean_rank * positive, minlength=n_groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (positive_rank_sum - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)
+    auc[(n_positive == 0) | (n_negative == 0)] = np.nan
+    return auc, n_samples
+
+
+def ranking_metrics(users: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """User-averaged AUC (eq. 11, users holding both classes), global AUC, impression-weighted gAUC, log loss."""
+    user_auc, impressions = per_group_auc(users, labels, probabilities)
+    both_classes = ~np.isnan(user_auc)
+    if not both_classes.any():
+        raise ValueError("no user has both a positive and a negative test sample; user AUC is undefined")
+    (global_auc,), _ = per_group_auc(np.zeros(len(labels)), labels, probabilities)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    y = np.asarray(labels, dtype=np.float64)
+    return {
+        "user_auc": float(user_auc[both_classes].mean()),
+        "auc": float(global_auc),
+        "gauc": float(np.average(user_auc[both_classes], weights=impressions[both_classes])),
+        "logloss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        "n_users": int(both_classes.sum()),
+        "n_samples": int(len(labels)),
+    }
+
+
+@torch.inference_mode()
+def predict(model: CTRModel, dataset: CTRDataset, batch_size: int) -> dict[str, np.ndarray]:
+    """Click probabilities of every sample of `dataset` in order, with the sample fields the metrics group by."""
+    model.eval()
+    columns: dict[str, list[np.ndarray]] = {"user": [], "label": [], "probability": [], "popularity_level": []}
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+        columns["probability"].append(model(batch)["prob"].double().numpy())
+        for key in ("user", "label", "popularity_level"):
+            columns[key].append(batch[key].numpy())
+    return {key: np.concatenate(parts) for key, parts in columns.items()}
+
+
+def popularity_auc(predictions: dict[str, np.ndarray]) -> list[dict]:
+    """Global AUC within each popularity level of the target item (Table 4); None where a level lacks a class."""
+    auc, n_samples = per_group_auc(predictions["popularity_level"], predictions["label"], predictions["probability"])
+    levels = np.unique(predictions["popularity_level"])
+    return [{"level": int(level), "auc": None if np.isnan(a) else float(a), "n_samples": int(n)}
+            for level, a, n in zip(levels, auc, n_samples)]
+
+
+@torch.inference_mode()
+def category_modality_attention(model: CTRModel, table: ItemTable, batch_size: int) -> dict[str, dict[str, float]] | None:
+    """Mean l2 norm of atten^m over the items of each category (Fig. 4); None for a model without it."""
+    model.eval()
+    items = torch.arange(RESERVED_ENTRIES, table.n_items)
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        attention = model.modality_attention(chunk)
+        if attention is None:
+            return None
+        for modality, values in attention.items():
+            per_category = torch.zeros(table.n_categories, dtype=torch.float64)
+            per_category.index_add_(0, table.category[chunk], values.norm(dim=1).double())
+            sums[modality] = sums.get(modality, 0) + per_category
+    counts = torch.bincount(table.category[items], minlength=table.n_categories)
+    return {table.category_names[c]: {m: float(s[c] / counts[c]) for m, s in sums.items()}
+            for c in range(table.n_categories) if counts[c] > 0}
+
+
+def _plot_popularity_auc(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = [(r["level"], r["auc"]) for r in rows if r["model"] == model and r["auc"] is not None]
+        ax.plot(*zip(*points), marker="o", label=model)
+    ax.set(xlabel="popularity level of the target item (0 = least popular)", ylabel="AUC",
+           title="AUC per item popularity level")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_modality_attention(model_name: str, attention: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = list(attention)
+    modalities = list(next(iter(attention.values())))
+    values = np.array([[attention[c][m] for m in modalities] for c in categories])
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(modalities), 1.2 + 0.35 * len(categories)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(modalities)), modalities)
+    ax.set_yticks(range(len(categories)), categories)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(image, ax=ax, label="mean ||atten^m||")
+    ax.set_title(f"{model_name}: modality attention per category")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, models_dir: Path, out_path: Path,
+                    plots_dir: Path | None = None) -> dict:
+    """Evaluate each model saved at `<models_dir>/<slug>/model.pt`; `plots_dir` defaults to `evaluate.plots_dir`.
+
+    Reads `evaluate.batch_size`, `data.max_len` and `data.time_gap_buckets`; returns what `out_path` holds.
+    """
+    for name in model_names:
+        check_model_name(name)
+    if not model_names:
+        raise ValueError("no model to evaluate")
+    batch_size = int(cfg.evaluate.batch_size)
+    if batch_size < 1:
+        raise ValueError(f"evaluate.batch_size must be at least 1, got {batch_size}")
+    out_path = Path(out_path)
+    plots_dir = Path(plots_dir) if plots_dir is not None else resolve_path(cfg.evaluate.plots_dir)
+    table = load_item_table(prepared_dir, features_dir)
+    dataset = CTRDataset(prepared_dir, "test", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
+    if len(dataset) == 0:
+        raise ValueError(f"{prepared_dir} has no test samples")
+
+    results, popularity_rows, attention_rows, attention_plots = {}, [], [], {}
+    for name in model_names:
+        model = load_model(Path(models_dir) / model_slug(name) / "model.pt", name, table)
+        predictions = predict(model, dataset, batch_size)
+        results[name] = ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])
+        popularity_rows += [{"model": name, **row} for row in popularity_auc(predictions)]
+        attention = category_modality_attention(model, table, batch_size)
+        if attention is not None:
+            attention_plots[name] = attention
+            attention_rows += [{"model": name, "category": c, "modality": m, "attention_norm": v}
+                               for c, per_modality in attention.items() for m, v in per_modality.items()]
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2))
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    (plots_dir / "popularity_auc.json").write_text(json.dumps(popularity_rows, indent=1))
+    _plot_popularity_auc(popularity_rows, plots_dir / "popularity_auc.png")
+    (plots_dir / "modality_attention.json").write_text(json.dumps(attention_rows, indent=1))
+    for name, attention in attention_plots.items():
+        _plot_modality_attention(name, attention, plots_dir / f"modality_attention_{model_slug(name)}.png")
+    return results

@@ -1,0 +1,213 @@
+"""Tiny prepared + features folders in the docs/FORMATS.md layout for the model, train and evaluate tests.
+
+`write_tiny_dataset` plants a learnable signal: every item has a hidden sign q; positives are mostly
+items with q > 0, negatives always items with q < 0, and q shows in the item's image feature, title
+words and rating, so every modality (and the item ID) can learn the label.
+
+Until the ops engineer's `marn.nn.apgru` and `marn.nn.statistic_embedding` exist, `install_op_stand_ins`
+puts plain-PyTorch stand-ins with the agreed signatures in their place (inside the tests only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+TINY_GRANULARITIES = (4, 8)
+TINY_TITLE_LEN = 6
+TINY_WORD_DIM = 12
+TINY_IMAGE_DIM = 4096
+SAMPLE_DTYPE = np.dtype([("user", np.int32), ("pos", np.int32), ("item", np.int32), ("label", np.int8)])
+
+
+class _StandInAPGRU(nn.Module):
+    """GRU over [x_t, p_t] (or x_t alone) that holds its state and outputs zero past each sequence's length."""
+
+    def __init__(self, input_size: int, hidden_size: int, property_size: int, use_property: bool = True):
+        super().__init__()
+        self.use_property = use_property
+        self.cell = nn.GRUCell(input_size + (property_size if use_property else 0), hidden_size)
+
+    def forward(self, x, prop, lengths, h0=None):
+        h = x.new_zeros(x.shape[0], self.cell.hidden_size) if h0 is None else h0
+        outputs = []
+        for t in range(x.shape[1]):
+            step_input = torch.cat([x[:, t], prop[:, t]], dim=1) if self.use_property else x[:, t]
+            h_next = self.cell(step_input, h)
+            valid = (t < lengths).unsqueeze(1)
+            h = torch.where(valid, h_next, h)
+            outputs.append(torch.where(valid, h_next, torch.zeros_like(h_next)))
+        return torch.stack(outputs, dim=1), h
+
+
+class _StandInStatisticEmbedding(nn.Module):
+    """values [N, K] -> [N, K * n_granularities * dim]; NaN gets its own row per granularity."""
+
+    def __init__(self, boundaries, dim: int = 8):
+        super().__init__()
+        self.boundaries = [b.float() for b in boundaries]
+        self.tables = nn.ModuleList(
+            nn.ModuleList(nn.Embedding(b.shape[1] + 2, dim) for _ in range(b.shape[0])) for b in boundaries)
+
+    def forward(self, values):
+        parts = []
+        for k in range(values.shape[1]):
+            for b, tables in zip(self.boundaries, self.tables):
+                bucket = torch.bucketize(values[:, k].contiguous(), b[k], right=False)
+                bucket = torch.where(torch.isnan(values[:, k]), b.shape[1] + 1, bucket)
+                parts.append(tables[k](bucket))
+        return torch.cat(parts, dim=1)
+
+
+def install_op_stand_ins() -> None:
+    for module_name, class_name, stand_in in (("marn.nn.apgru", "APGRU", _StandInAPGRU),
+                                              ("marn.nn.statistic_embedding", "StatisticEmbedding",
+                                               _StandInStatisticEmbedding)):
+        if module_name not in sys.modules and importlib.util.find_spec(module_name) is None:
+            module = types.ModuleType(module_name)
+            setattr(module, class_name, stand_in)
+            sys.modules[module_name] = module
+
+
+install_op_stand_ins()
+
+
+@dataclass(frozen=True)
+class TinyData:
+    prepared_dir: Path
+    features_dir: Path
+
+
+def write_tiny_dataset(root: Path, n_users: int = 40, n_items: int = 30, seed: int = 0) -> TinyData:
+    rng = np.random.default_rng(seed)
+    prepared, features = root / "prepared", root / "features"
+    prepared.mkdir(parents=True)
+    features.mkdir(parents=True)
+    n_rows = n_items + 2  # rows 0 (padding) and 1 (out-of-vocabulary) are reserved
+    sign = np.zeros(n_rows)
+    sign[2:] = np.where(np.arange(n_items) % 2 == 0, 1.0, -1.0)
+    liked, disliked = np.flatnonzero(sign > 0), np.flatnonzero(sign < 0)
+
+    offsets, seq_items, seq_times, train_rows, test_rows = [0], [], [], [], []
+    for user in range(n_users):
+        length = int(rng.integers(4, 11))
+        items = np.where(rng.random(length) < 0.9, rng.choice(liked, length), rng.choice(disliked, length))
+        times = 1_300_000_000 + np.cumsum(rng.integers(1, 20, length)) * 86_400
+        for pos in range(1, length):
+            rows = test_rows if pos == length - 1 else train_rows
+            rows.append((user, pos, items[pos], 1))
+            rows.append((user, pos, rng.choice(disliked), 0))
+        seq_items += list(items)
+        seq_times += list(times)
+        offsets.append(len(seq_items))
+    np.savez(prepared / "sequences.npz", offsets=np.array(offsets, np.int64), items=np.array(seq_items, np.int32),
+             times=np.array(seq_times, np.int64), types=rng.integers(0, 2, len(seq_items)).astype(np.int8))
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        np.save(prepared / f"{split}.npy", np.array(rows, dtype=SAMPLE_DTYPE))
+
+    category = np.r_[0, 1, 2 + rng.integers(0, 3, n_items)].astype(np.int32)
+    brand = np.r_[0, 1, 1 + rng.integers(0, 5, n_items)].astype(np.int32)
+    train_count = np.bincount([r[2] for r in train_rows if r[3] == 1], minlength=n_rows).astype(np.int64)
+    popularity = np.searchsorted(np.quantile(train_count, [0.2, 0.4, 0.6, 0.8]), train_count, side="right")
+    statistics = {
+        "n_reviews": rng.poisson(20, n_rows).astype(np.float64),
+        "mean_rating": 3.0 + 0.8 * sign + rng.normal(0, 0.3, n_rows),
+        "price": rng.lognormal(3, 1, n_rows),
+        "sales_rank": np.where(rng.random(n_rows) < 0.2, np.nan, rng.integers(1, 10_000, n_rows)).astype(np.float64),
+    }
+    words = ["<pad>", "<oov>", "great", "lovely", "best", "fine", "poor", "broken", "cheap", "awful",
+             "the", "a", "box", "item", "new", "set"]
+    title_ids = np.zeros((n_rows, TINY_TITLE_LEN), np.int32)
+    titles = [""] * n_rows
+    for i in range(2, n_rows):
+        if i % 11 == 0:
+            continue  # an item without a title
+        signal_word = rng.integers(2, 6) if sign[i] > 0 else rng.integers(6, 10)
+        ids = rng.permutation(np.r_[signal_word, rng.integers(10, 16, int(rng.integers(1, 4)))])
+        title_ids[i, :len(ids)] = ids
+        titles[i] = " ".join(words[j] for j in ids)
+    pq.write_table(pa.table({
+        "item_idx": pa.array(np.arange(n_rows), pa.int32()),
+        "asin": [f"A{i:05d}" for i in range(n_rows)],
+        "category_idx": pa.array(category, pa.int32()),
+        "brand_idx": pa.array(brand, pa.int32()),
+        "title": titles,
+        "title_tokens": [t.split() for t in titles],
+        "image_ref": [""] * n_rows,
+        **{name: pa.array(values, pa.float64()) for name, values in statistics.items()},
+        "train_count": pa.array(train_count, pa.int64()),
+        "popularity_level": pa.array(popularity, pa.int8()),
+        "cold": pa.array(np.arange(n_rows) >= n_rows - 3),
+    }), prepared / "items.parquet")
+    values = np.stack(list(statistics.values()), axis=1)
+    np.savez(prepared / "stat_boundaries.npz", names=np.array(list(statistics)), **{
+        f"g{g}": np.stack([np.nanquantile(values[2:, k], np.arange(1, g) / g) for k in range(values.shape[1])]
+                          ).astype(np.float32) for g in TINY_GRANULARITIES})
+    (prepared / "vocab.json").write_text(json.dumps({
+        "users": [f"U{u}" for u in range(n_users)],
+        "categories": ["<pad>", "<oov>", "Cables", "Cameras", "Headphones"],
+        "brands": ["<pad>", "<oov>", "Acme", "Bolt", "Crux", "Dyna"],
+    }))
+
+    image = rng.normal(0, 0.5, (n_rows, TINY_IMAGE_DIM))
+    image[:, :16] += sign[:, None]
+    image_mask = np.arange(n_rows) >= 2
+    image_mask[5] = False  # an item without an image
+    image[~image_mask] = 0
+    np.save(features / "image.npy", np.maximum(image, 0).astype(np.float16))
+    np.save(features / "image_mask.npy", image_mask)
+    np.save(features / "title_ids.npy", title_ids)
+    word_vectors = rng.normal(0, 1, (len(words), TINY_WORD_DIM)).astype(np.float32)
+    word_vectors[0] = 0
+    np.save(features / "word_vectors.npy", word_vectors)
+    (features / "words.txt").write_text("\n".join(words) + "\n")
+    return TinyData(prepared, features)
+
+
+def tiny_config(**train_overrides):
+    """The params schema with sizes small enough for tests; `train_overrides` replace `train` keys."""
+    from marn.config import validate
+
+    train = {"seed": 3, "epochs": 3, "batch_size": 16, "lr": 0.1, "hidden": 16, "embed_dim": 8,
+             "title_filters": 4, "prediction_mlp": [16], "log_every": 4, "checkpoint_every": 5, "num_threads": 1}
+    train.update(train_overrides)
+    return validate(OmegaConf.create({"data": {"max_len": 6, "time_gap_buckets": 6}, "train": train,
+                                      "evaluate": {"batch_size": 64}}))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> TinyData:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def test_item_table_reads_every_file_in_item_order(tiny_data):
+    from marn.data.item_table import load_item_table
+
+    table = load_item_table(tiny_data.prepared_dir, tiny_data.features_dir)
+    assert table.n_items == 32 and table.n_categories == 5 and table.has_brands
+    assert table.image.dtype == torch.float16 and table.image.shape == (32, TINY_IMAGE_DIM)
+    assert [b.shape for b in table.stat_boundaries] == [(4, g - 1) for g in TINY_GRANULARITIES]
+    assert table.statistic_names == ("n_reviews", "mean_rating", "price", "sales_rank")
+    assert torch.isnan(table.statistics[:, 3]).any()
+    assert table.n_behaviour_types == 2
+    assert not table.image_mask[:2].any() and not table.image_mask[5]
+
+
+def test_item_table_rejects_features_of_other_items(tiny_data, tmp_path):
+    from marn.data.item_table import ItemTableError, load_item_table
+
+    other = write_tiny_dataset(tmp_path, n_items=12)
+    with pytest.raises(ItemTableError, match="image.npy has 14 rows but items.parquet has 32 items"):
+        load_item_table(tiny_data.prepared_dir, other.features_dir)
