@@ -6,10 +6,16 @@
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
+#include <string>
 #include <utility>
 #include <vector>
 
 namespace marn {
+
+// Python's spelling (torch.float32), so that messages read the same from every backend.
+inline std::string dtype_name(at::ScalarType dtype) {
+  return "torch." + std::string(c10::getDtypeNames(dtype).first);
+}
 
 inline void check_defined(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " is undefined");
@@ -42,13 +48,13 @@ inline void check_device(const char* op, const char* name, const at::Tensor& t,
 
 inline void check_dtype(const char* op, const char* name, const at::Tensor& t,
                         at::ScalarType dtype) {
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype,
-                   ", got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype_name(dtype),
+                   ", got ", dtype_name(t.scalar_type()));
 }
 
 inline void check_float_or_double(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ",
-                   name, " must be float32 or float64, got ", t.scalar_type());
+                   name, " must be float32 or float64, got ", dtype_name(t.scalar_type()));
 }
 
 // Float tensors that one kernel reads together: defined, contiguous, float32/float64, and on the
@@ -62,7 +68,8 @@ inline void check_float_group(
     check_defined(op, name, *t);
     check_device(op, name, *t, first->device());
     TORCH_CHECK_TYPE(t->scalar_type() == first->scalar_type(), op, ": ", name, " has dtype ",
-                     t->scalar_type(), " but ", first_name, " has ", first->scalar_type());
+                     dtype_name(t->scalar_type()), " but ", first_name, " has ",
+                     dtype_name(first->scalar_type()));
     check_contiguous(op, name, *t);
   }
 }

@@ -29,6 +29,13 @@ class SyntheticConfig:
     title_factors: int = 3
     min_seq_len: int = 5
     max_seq_len: int = 30
+    factor_levels: int = 4
+    active_factors: int = 3
+    preference_strength: float = 2.5
+    preference_drift: float = 0.3
+    quality_weight: float = 0.5
+    popularity_sigma: float = 1.0
+    seq_len_exponent: float = 2.5
     cold_item_share: float = 0.15
     image_size: int = 64
     write_images: bool = True
@@ -69,6 +76,7 @@ class FeaturesConfig:
     batch_size: int = 16
     image_size: int = 224
     num_download_workers: int = 8
+    num_decode_workers: int = 4
     download_timeout_s: float = 30.0
     download_retries: int = 3
     image_cache_dir: str = "data/cache/images"

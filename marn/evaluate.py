@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from marn import ops
 from marn.config import resolve_path
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import RESERVED_ENTRIES, ItemTable, load_item_table
@@ -159,12 +160,14 @@ def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, mo
                     plots_dir: Path | None = None) -> dict:
     """Evaluate each model saved at `<models_dir>/<slug>/model.pt`; `plots_dir` defaults to `evaluate.plots_dir`.
 
-    Reads `evaluate.batch_size`, `data.max_len` and `data.time_gap_buckets`; returns what `out_path` holds.
+    Reads `evaluate.batch_size`, `data.max_len`, `data.time_gap_buckets` and `ops.backend`; returns what
+    `out_path` holds.
     """
     for name in model_names:
         check_model_name(name)
     if not model_names:
         raise ValueError("no model to evaluate")
+    ops.configure(cfg.ops)
     batch_size = int(cfg.evaluate.batch_size)
     if batch_size < 1:
         raise ValueError(f"evaluate.batch_size must be at least 1, got {batch_size}")

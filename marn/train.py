@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from marn import ops
 from marn.data.dataset import CTRDataset, make_loader
 from marn.data.item_table import ItemTable, load_item_table
 from marn.models.base import LOSS_NAMES, Architecture
@@ -112,10 +113,11 @@ def _save_checkpoint(path: Path, fingerprint: dict, model, optimizer, state: Tra
 
 
 def train_model(cfg, model_name: str, prepared_dir: Path, features_dir: Path, out_dir: Path) -> dict:
-    """Train `model_name` with `cfg.train` (and `cfg.data.max_len`, `cfg.data.time_gap_buckets`);
+    """Train `model_name` with `cfg.train` (and `data.max_len`, `data.time_gap_buckets`, `ops.backend`);
     returns the summary also written to `<out_dir>/<slug>/train_metrics.json`."""
     check_model_name(model_name)
     _check_train_config(cfg)
+    ops.configure(cfg.ops)
     train = cfg.train
     if train.num_threads:
         torch.set_num_threads(int(train.num_threads))

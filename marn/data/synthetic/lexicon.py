@@ -101,6 +101,7 @@ TITLE_FAMILIES = (
 )
 
 MAX_FACTOR_LEVELS = min(f.levels for f in SHARED_FAMILIES + IMAGE_FAMILIES + TITLE_FAMILIES)
+SYNONYMS = 3  # words in every cluster
 
 # (word in titles, leaf category name in meta)
 CATEGORIES = (
@@ -149,7 +150,7 @@ REVIEW_SUMMARIES = (
 def brand_name(index: int) -> str:
     """A made-up, pronounceable, unique brand name for every index."""
     head = _BRAND_HEADS[index % len(_BRAND_HEADS)]
-    tail = _BRAND_TAILS[(index // len(_BRAND_HEADS)) % len(_BRAND_TAILS)]
+    tail = _BRAND_TAILS[(index + index // len(_BRAND_HEADS)) % len(_BRAND_TAILS)]  # neighbours differ in both
     rest = index // (len(_BRAND_HEADS) * len(_BRAND_TAILS))
     if rest == 0:
         return head + tail

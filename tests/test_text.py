@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from marn.features.text import tokenize
+from marn.data.text import tokenize
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_tokenize_blank_title_gives_no_tokens(title):
 
 
 def test_tokenizer_imports_without_torch():
-    code = "import sys, marn.features.text; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, marn.data.text; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

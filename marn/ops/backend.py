@@ -1,0 +1,93 @@
+"""Which implementation runs an op: `ops.backend` in params, overridable by $MARN_OPS_BACKEND.
+
+- `auto`: the compiled kernels for the tensors' device (C++ on CPU, CUDA on a GPU), else the reference;
+- `cpp` / `cuda`: the compiled kernels, for CPU / CUDA tensors only;
+- `triton`: the Triton kernels (on CPU only under TRITON_INTERPRET=1, set before marn.ops is imported);
+- `reference`: the plain-PyTorch reference.
+If the extension cannot be built, `auto`, `cpp` and `cuda` run the reference after one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from marn.ops import extension
+
+BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
+BACKEND_ENV = "MARN_OPS_BACKEND"
+COMPILED_NAMESPACE = "marn"
+TRITON_NAMESPACE = "marn_triton"
+
+_selected: str | None = None
+
+
+def _validated(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source}: unknown ops backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Select the backend for this process; None returns to $MARN_OPS_BACKEND or `auto`."""
+    global _selected
+    _selected = None if name is None else _validated(name, "set_backend")
+
+
+def configure(ops_config: Any) -> str:
+    """Apply the `ops` section of params (anything with `.backend`); $MARN_OPS_BACKEND wins over it."""
+    chosen = os.environ.get(BACKEND_ENV) or ops_config.backend
+    set_backend(chosen)
+    return chosen
+
+
+def requested_backend() -> str:
+    if _selected is not None:
+        return _selected
+    return _validated(os.environ.get(BACKEND_ENV) or "auto", BACKEND_ENV)
+
+
+@functools.cache
+def _warn_no_cuda_kernels(problem: str) -> None:
+    warnings.warn(f"marn.ops: no CUDA kernels ({problem}); CUDA tensors run the reference ops.", RuntimeWarning, stacklevel=4)
+
+
+def _compiled_namespace(device: torch.device) -> str | None:
+    status = extension.load()
+    if not status.loaded:
+        return None
+    if device.type == "cuda" and not status.has_cuda:
+        _warn_no_cuda_kernels(status.problem or "not built")
+        return None
+    return COMPILED_NAMESPACE
+
+
+def require_compiled() -> None:
+    status = extension.load()
+    if not status.loaded:
+        raise RuntimeError(f"marn.ops: the compiled ops are not available: {status.problem}")
+
+
+def namespace_for(device: torch.device) -> str | None:
+    """The torch.ops namespace whose kernels run on `device`, or None for the reference."""
+    backend = requested_backend()
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                "ops backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 before importing marn.ops "
+                "to run the Triton kernels in Triton's interpreter"
+            )
+        return TRITON_NAMESPACE
+    if backend == "cpp" and device.type != "cpu":
+        raise ValueError(f"ops backend 'cpp' runs CPU tensors, got tensors on {device}")
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError(f"ops backend 'cuda' runs CUDA tensors, got tensors on {device}")
+    if device.type not in ("cpu", "cuda"):
+        return None
+    return _compiled_namespace(device)

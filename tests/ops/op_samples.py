@@ -1,0 +1,100 @@
+"""Shared inputs, tolerances and comparisons for the op tests.
+
+MARN_TEST_DEVICE (default cpu) picks the device the op tests run on; benchmarks/device_check.sh sets
+it to cuda on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from marn import ops
+
+DEVICE = torch.device(os.environ.get("MARN_TEST_DEVICE", "cpu"))
+COMPILED_BACKEND = "cpp" if DEVICE.type == "cpu" else "cuda"
+TRITON_RUNS = DEVICE.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_SKIP_REASON = "Triton needs a GPU or TRITON_INTERPRET=1 set before marn.ops is imported"
+
+TOLERANCES = {
+    torch.float32: {"rtol": 1e-4, "atol": 1e-5},
+    torch.float64: {"rtol": 1e-9, "atol": 1e-10},
+}
+APGRU_FLOAT_INPUTS = ("x", "prop", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_pz")
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    previous = ops.requested_backend()
+    ops.set_backend(name)
+    try:
+        yield
+    finally:
+        ops.set_backend(previous)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(gen: torch.Generator, *shape: int, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen, dtype=dtype) * scale).to(DEVICE)
+
+
+def apgru_inputs(
+    batch: int, time: int, inputs: int, hidden: int, props: int, lengths: list[int], dtype, seed: int
+) -> dict[str, torch.Tensor]:
+    """APGRU arguments with weights at nn.GRU's init scale, every float tensor requiring grad."""
+    gen = generator(seed)
+    scale = hidden**-0.5
+    tensors = {
+        "x": randn(gen, batch, time, inputs, dtype=dtype),
+        "prop": randn(gen, batch, time, props, dtype=dtype),
+        "lengths": torch.tensor(lengths, dtype=torch.int64, device=DEVICE),
+        "h0": randn(gen, batch, hidden, dtype=dtype),
+        "weight_ih": randn(gen, 3 * hidden, inputs, dtype=dtype, scale=scale),
+        "weight_hh": randn(gen, 3 * hidden, hidden, dtype=dtype, scale=scale),
+        "bias_ih": randn(gen, 3 * hidden, dtype=dtype, scale=scale),
+        "bias_hh": randn(gen, 3 * hidden, dtype=dtype, scale=scale),
+        "weight_pz": randn(gen, hidden, props, dtype=dtype, scale=scale),
+    }
+    for name in APGRU_FLOAT_INPUTS:
+        tensors[name].requires_grad_(True)
+    return tensors
+
+
+def outputs_and_grads(outputs: tuple[torch.Tensor, ...], inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """The outputs, then d(loss)/d(input) for a loss that weighs every output element differently."""
+    gen = generator(seed)
+    loss = sum((out * randn(gen, *out.shape, dtype=out.dtype)).sum() for out in outputs)
+    return [*outputs, *torch.autograd.grad(loss, inputs, allow_unused=True)]
+
+
+def assert_all_close(actual: list[torch.Tensor], expected: list[torch.Tensor], names: list[str], dtype) -> None:
+    assert len(actual) == len(expected)
+    for name, a, e in zip(names, actual, expected):
+        torch.testing.assert_close(a, e, **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}")
+
+
+def embedding_inputs(
+    num_values: int, statistics: int, bins: list[int], dim: int, value_dtype, table_dtype, seed: int, special_share: float = 0.3
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Values mixing normal draws with boundary values, ±inf and NaN; tables requiring grad."""
+    gen = generator(seed)
+    boundaries = [
+        torch.sort(torch.randn(statistics, g - 1, generator=gen, dtype=value_dtype), dim=1).values.to(DEVICE)
+        for g in bins
+    ]
+    values = torch.randn(num_values, statistics, generator=gen, dtype=value_dtype)
+    specials = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=value_dtype)
+    for k in range(statistics):
+        # Statistic k's own boundaries, so that these values sit exactly on one.
+        candidates = torch.cat([b[k].cpu() for b in boundaries] + [specials])
+        pick = torch.randint(len(candidates), (num_values,), generator=gen)
+        special = torch.rand(num_values, generator=gen) < special_share
+        values[:, k] = torch.where(special, candidates[pick], values[:, k])
+    values = values.to(DEVICE)
+    tables = [randn(gen, statistics * (g + 1), dim, dtype=table_dtype).requires_grad_(True) for g in bins]
+    return values, boundaries, tables

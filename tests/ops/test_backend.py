@@ -1,0 +1,55 @@
+"""Backend selection: params, the environment variable, explicit choice, and refusals."""
+
+import pytest
+import torch
+
+from marn.config import OpsConfig, load_config
+from marn.ops import backend
+
+
+@pytest.fixture(autouse=True)
+def fresh_selection(monkeypatch):
+    monkeypatch.setattr(backend, "_selected", None)
+    monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
+
+
+def test_default_is_auto_and_runs_the_compiled_ops_on_cpu():
+    assert backend.requested_backend() == "auto"
+    expected = backend.COMPILED_NAMESPACE if backend.extension.load().loaded else None
+    assert backend.namespace_for(torch.device("cpu")) == expected
+
+
+def test_params_select_the_backend():
+    assert backend.configure(load_config(["ops.backend=reference"]).ops) == "reference"
+    assert backend.namespace_for(torch.device("cpu")) is None
+
+
+def test_environment_wins_over_params(monkeypatch):
+    monkeypatch.setenv(backend.BACKEND_ENV, "reference")
+    assert backend.configure(OpsConfig(backend="cpp")) == "reference"
+    monkeypatch.delenv(backend.BACKEND_ENV)
+    assert backend.configure(OpsConfig(backend="cpp")) == "cpp"
+
+
+def test_unknown_names_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="unknown ops backend 'gpu'; choose one of auto, cpp, cuda, triton, reference"):
+        backend.set_backend("gpu")
+    monkeypatch.setenv(backend.BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match="MARN_OPS_BACKEND: unknown ops backend 'fast'"):
+        backend.requested_backend()
+
+
+def test_device_specific_backends_refuse_other_devices():
+    backend.set_backend("cpp")
+    with pytest.raises(ValueError, match="'cpp' runs CPU tensors, got tensors on meta"):
+        backend.namespace_for(torch.device("meta"))
+    backend.set_backend("cuda")
+    with pytest.raises(ValueError, match="'cuda' runs CUDA tensors, got tensors on cpu"):
+        backend.namespace_for(torch.device("cpu"))
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    backend.set_backend("triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        backend.namespace_for(torch.device("cpu"))

@@ -1,0 +1,120 @@
+"""The train stage: every model learns, same seed gives the same result, a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
+
+import marn.train
+from marn.models.persistence import ModelFileError
+from marn.models.registry import MODELS
+from marn.train import LOG_FIELDS, adversarial_weight, train_model
+
+
+def _train(data, out_dir, name="MARN", **overrides):
+    return train_model(tiny_config(**overrides), name, data.prepared_dir, data.features_dir, out_dir)
+
+
+def _state_dict(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_adversarial_weight_follows_the_schedule():
+    assert adversarial_weight(0.0, 0.05, 10.0) == 0.0
+    assert adversarial_weight(0.5, 0.05, 10.0) == pytest.approx(0.05 * (2 / (1 + math.exp(-5)) - 1))
+    assert adversarial_weight(1.0, 0.05, 10.0) == pytest.approx(0.05, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_with_decreasing_ctr_loss(name, tiny_data, tmp_path):  # noqa: F811
+    metrics = _train(tiny_data, tmp_path, name, epochs=4)
+    first, *_, last = metrics["epoch_loss_ctr"]
+    assert last < 0.8 * first, metrics["epoch_loss_ctr"]
+    model_dir = tmp_path / marn.train.model_slug(name)
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "model.pt", "train_log.csv", "train_log.json", "train_metrics.json"]
+    rows = json.loads((model_dir / "train_log.json").read_text())
+    assert rows[-1]["step"] == metrics["steps"] and list(rows[0]) == list(LOG_FIELDS)
+    with open(model_dir / "train_log.csv") as f:
+        assert list(csv.DictReader(f))[-1]["step"] == str(metrics["steps"])
+    adversarial = MODELS[name].keywords["variant"].fusion in ("maf+adv", "maf+ddma")
+    assert (rows[-1]["loss_adv"] > 0) == adversarial
+
+
+def test_same_seed_gives_the_same_model_and_metrics(tiny_data, tmp_path):  # noqa: F811
+    first = _train(tiny_data, tmp_path / "a", epochs=1)
+    second = _train(tiny_data, tmp_path / "b", epochs=1)
+    assert first == second
+    torch.testing.assert_close(_state_dict(tmp_path / "a/marn/model.pt"), _state_dict(tmp_path / "b/marn/model.pt"),
+                               rtol=0, atol=0)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    uninterrupted = _train(tiny_data, tmp_path / "whole", epochs=2, batch_size=64)
+    steps_before_kill = 12  # past the checkpoint at step 10 and the log row at 12, inside the second epoch
+    steps_per_epoch = uninterrupted["steps"] // 2
+    assert steps_per_epoch < 10 < steps_before_kill < 2 * steps_per_epoch
+
+    class KilledAdagrad(torch.optim.Adagrad):
+        steps = 0
+
+        def step(self, closure=None):
+            if KilledAdagrad.steps == steps_before_kill:
+                raise _Killed
+            KilledAdagrad.steps += 1
+            return super().step(closure)
+
+    monkeypatch.setitem(marn.train.OPTIMIZERS, "adagrad", KilledAdagrad)
+    with pytest.raises(_Killed):
+        _train(tiny_data, tmp_path / "resumed", epochs=2, batch_size=64)
+    checkpoint = tmp_path / "resumed/marn/checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["state"]["step"] == 10
+    monkeypatch.undo()
+
+    resumed = _train(tiny_data, tmp_path / "resumed", epochs=2, batch_size=64)
+    assert resumed == uninterrupted
+    assert not checkpoint.exists()
+    for name in ("train_log.csv", "train_log.json", "train_metrics.json"):
+        assert (tmp_path / "resumed/marn" / name).read_text() == (tmp_path / "whole/marn" / name).read_text()
+    torch.testing.assert_close(_state_dict(tmp_path / "resumed/marn/model.pt"),
+                               _state_dict(tmp_path / "whole/marn/model.pt"), rtol=0, atol=0)
+
+
+def test_checkpoint_of_another_model_or_config_is_refused(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    class StopAfterCheckpoint(torch.optim.Adagrad):
+        def step(self, closure=None):
+            if (tmp_path / "marn/checkpoint.pt").exists():
+                raise _Killed
+            return super().step(closure)
+
+    monkeypatch.setitem(marn.train.OPTIMIZERS, "adagrad", StopAfterCheckpoint)
+    with pytest.raises(_Killed):
+        _train(tiny_data, tmp_path, epochs=2)
+    monkeypatch.undo()
+
+    with pytest.raises(ModelFileError, match=r"another config \(lr: 0.1 -> 0.05\)"):
+        _train(tiny_data, tmp_path, epochs=2, lr=0.05)
+    (tmp_path / "basemodel-maf-ddma").mkdir()
+    shutil.copy(tmp_path / "marn/checkpoint.pt", tmp_path / "basemodel-maf-ddma/checkpoint.pt")
+    with pytest.raises(ModelFileError, match="is from model 'MARN', not 'BaseModel\\+MAF\\+DDMA'"):
+        _train(tiny_data, tmp_path, "BaseModel+MAF+DDMA", epochs=2)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"optimizer": "sgd"}, "train.optimizer 'sgd' is not one of adagrad, adam"),
+    ({"batch_size": 0}, "train.batch_size must be at least 1, got 0"),
+    ({"lr": -1.0}, "train.lr must be positive, got -1.0"),
+])
+def test_bad_train_config_is_named(override, message, tiny_data, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match=message):
+        _train(tiny_data, tmp_path, **override)
