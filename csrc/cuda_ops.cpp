@@ -154,6 +154,7 @@ std::vector<at::Tensor> lookup_backward_cuda(const at::Tensor& grad_out, const a
                                              c10::SymIntArrayRef table_rows, bool deterministic) {
   const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(grad_out));
   const std::vector<int64_t> sizes = check_embedding_backward_inputs(grad_out, rows, table_rows);
+  check_rows_in_range(rows, sizes);
   const int64_t granularities = static_cast<int64_t>(sizes.size());
   const int64_t dim = grad_out.size(2);
   std::vector<int64_t> first_rows;

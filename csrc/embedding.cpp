@@ -20,6 +20,33 @@ constexpr const char* kLookup = "marn::multi_granularity_embedding";
 constexpr const char* kLookupBackward = "marn::multi_granularity_embedding_backward";
 }  // namespace
 
+namespace {
+
+// A CPU scan for CPU tensors; elsewhere ATen ops and one device-to-host read.
+bool sorted_without_nan(const at::Tensor& b) {
+  if (b.numel() == 0) return true;
+  if (b.is_cpu()) {
+    bool ok = true;
+    AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "sorted_without_nan", [&] {
+      const scalar_t* data = b.const_data_ptr<scalar_t>();
+      for (int64_t k = 0; k < b.size(0) && ok; ++k) {
+        const scalar_t* row = data + k * b.size(1);
+        for (int64_t i = 0; i < b.size(1) && ok; ++i) {
+          ok = !std::isnan(row[i]) && (i == 0 || row[i - 1] <= row[i]);
+        }
+      }
+    });
+    return ok;
+  }
+  at::Tensor ok = (b == b).all();  // false where NaN
+  if (b.size(1) > 1) {
+    ok = ok.logical_and((b.narrow(1, 1, b.size(1) - 1) >= b.narrow(1, 0, b.size(1) - 1)).all());
+  }
+  return ok.item<bool>();
+}
+
+}  // namespace
+
 EmbeddingLayout check_embedding_inputs(const at::Tensor& values, at::TensorList boundaries,
                                        at::TensorList tables) {
   const char* op = kLookup;
@@ -55,16 +82,8 @@ EmbeddingLayout check_embedding_inputs(const at::Tensor& values, at::TensorList 
     check_contiguous(op, t_name.c_str(), table);
     check_shape(op, t_name.c_str(), table, {layout.num_statistics * (bins + 1), layout.dim},
                 "[statistics * (bins + 1), dim] (one row per bucket plus one for NaN)");
-    if (b.numel() > 0) {
-      // One host read per granularity: NaN fails both comparisons, so it counts as unsorted.
-      const bool sorted = b.size(1) < 2 ||
-                          (b.narrow(1, 1, b.size(1) - 1) >= b.narrow(1, 0, b.size(1) - 1))
-                              .all()
-                              .item<bool>();
-      const bool finite_order = (b == b).all().item<bool>();
-      TORCH_CHECK_VALUE(sorted && finite_order, op, ": every row of ", b_name,
-                        " must be sorted ascending and free of NaN");
-    }
+    TORCH_CHECK_VALUE(sorted_without_nan(b), op, ": every row of ", b_name,
+                      " must be sorted ascending and free of NaN");
   }
   return layout;
 }
@@ -89,24 +108,39 @@ std::vector<int64_t> check_embedding_backward_inputs(const at::Tensor& grad_out,
     sizes.push_back(size.expect_int());
     TORCH_CHECK_VALUE(sizes.back() >= 0, op, ": table_rows must be >= 0, got ", sizes.back());
   }
-  if (rows.numel() > 0) {
-    const at::Tensor by_granularity = rows.view({-1, granularities});
-    const at::Tensor lowest = std::get<0>(by_granularity.min(0)).cpu();
-    const at::Tensor highest = std::get<0>(by_granularity.max(0)).cpu();
-    for (int64_t g = 0; g < granularities; ++g) {
-      const int64_t low = lowest[g].item<int64_t>();
-      const int64_t high = highest[g].item<int64_t>();
-      TORCH_CHECK_INDEX(low >= 0 && high < sizes[g], op, ": rows of granularity ", g,
-                        " must lie in [0, ", sizes[g], "), got values in [", low, ", ", high, "]");
-    }
-  }
   return sizes;
+}
+
+void check_rows_in_range(const at::Tensor& rows, const std::vector<int64_t>& table_rows) {
+  if (rows.numel() == 0) return;
+  const int64_t granularities = static_cast<int64_t>(table_rows.size());
+  const at::Tensor by_granularity = rows.view({-1, granularities});
+  const at::Tensor lowest = std::get<0>(by_granularity.min(0)).cpu();
+  const at::Tensor highest = std::get<0>(by_granularity.max(0)).cpu();
+  for (int64_t g = 0; g < granularities; ++g) {
+    check_row_in_range(lowest[g].item<int64_t>(), g, table_rows[g]);
+    check_row_in_range(highest[g].item<int64_t>(), g, table_rows[g]);
+  }
 }
 
 namespace {
 
 // Rows of values per parallel chunk: each row costs K * |G| binary searches and copies.
 constexpr int64_t kLookupGrain = 256;
+
+// The number of sorted boundaries strictly below v (std::lower_bound's index) by a branchless
+// binary search: random values make lower_bound's branches mispredict at every step.
+template <typename value_t>
+int64_t count_below(const value_t* boundaries, int64_t size, value_t v) {
+  if (size == 0) return 0;
+  const value_t* base = boundaries;
+  while (size > 1) {
+    const int64_t half = size / 2;
+    base = base[half] < v ? base + half : base;
+    size -= half;
+  }
+  return (base - boundaries) + (*base < v);
+}
 
 template <typename value_t, typename table_t>
 void lookup_cpu_typed(const at::Tensor& values, at::TensorList boundaries, at::TensorList tables,
@@ -131,8 +165,7 @@ void lookup_cpu_typed(const at::Tensor& values, at::TensorList boundaries, at::T
         for (int64_t g = 0; g < granularities; ++g) {
           const int64_t bins = layout.bins[g];
           const value_t* first = boundary_data[g] + k * (bins - 1);
-          const int64_t bucket =
-              std::isnan(v) ? bins : std::lower_bound(first, first + bins - 1, v) - first;
+          const int64_t bucket = std::isnan(v) ? bins : count_below(first, bins - 1, v);
           const int64_t row = k * (bins + 1) + bucket;
           const int64_t slot = k * granularities + g;
           row_data[n * slots + slot] = row;
@@ -176,9 +209,12 @@ std::vector<at::Tensor> lookup_backward_cpu(const at::Tensor& grad_out, const at
     const int64_t* row_data = rows.const_data_ptr<int64_t>();
     at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
       for (int64_t slot = begin; slot < end; ++slot) {
-        scalar_t* table = grad_tables[slot % granularities].mutable_data_ptr<scalar_t>();
+        const int64_t granularity = slot % granularities;
+        scalar_t* table = grad_tables[granularity].mutable_data_ptr<scalar_t>();
         for (int64_t n = 0; n < num_values; ++n) {
-          scalar_t* target = table + row_data[n * slots + slot] * dim;
+          const int64_t row = row_data[n * slots + slot];
+          check_row_in_range(row, granularity, sizes[granularity]);
+          scalar_t* target = table + row * dim;
           const scalar_t* source = grad_data + (n * slots + slot) * dim;
           for (int64_t j = 0; j < dim; ++j) target[j] += source[j];
         }

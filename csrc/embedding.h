@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymIntArrayRef.h>
+#include <c10/util/Exception.h>
 
 #include <vector>
 
@@ -26,9 +27,18 @@ struct EmbeddingLayout {
 EmbeddingLayout check_embedding_inputs(const at::Tensor& values, at::TensorList boundaries,
                                        at::TensorList tables);
 
-// Checks grad_out [N, S, d] and rows [N, S] against the table sizes; returns the table row counts.
+// Checks the shapes of grad_out [N, S, d] and rows [N, S]; returns the table row counts.
 std::vector<int64_t> check_embedding_backward_inputs(const at::Tensor& grad_out,
                                                      const at::Tensor& rows,
                                                      c10::SymIntArrayRef table_rows);
+
+inline void check_row_in_range(int64_t row, int64_t granularity, int64_t table_rows) {
+  TORCH_CHECK_INDEX(row >= 0 && row < table_rows,
+                    "marn::multi_granularity_embedding_backward: rows of granularity ",
+                    granularity, " must lie in [0, ", table_rows, "), got ", row);
+}
+
+// Reads every row (ATen ops, one device-to-host copy) before a kernel scatters into the tables.
+void check_rows_in_range(const at::Tensor& rows, const std::vector<int64_t>& table_rows);
 
 }  // namespace marn

@@ -114,7 +114,7 @@ class TrainConfig:
     freeze_word_vectors: bool = True
     log_every: int = 20
     checkpoint_every: int = 200
-    num_threads: int = 0
+    num_threads: int = 1
 
 
 @dataclass
@@ -125,12 +125,39 @@ class EvaluateConfig:
 
 
 @dataclass
+class AbtestConfig:
+    control: str = "BaseModel+IDs"
+    treatments: list[str] = field(default_factory=lambda: ["MARN"])
+    traffic: list[float] = field(default_factory=list)
+    salt: str = "marn-abtest-1"
+    seed: int = 7
+    max_users: int = 2000
+    days: int = 14
+    requests_per_user: float = 10.0
+    candidates: int = 20
+    slate_size: int = 5
+    click_model: str = "position"
+    position_bias: float = 1.0
+    relevance: str = "auto"
+    relevance_draws: float = 10.0
+    purchase_probability: float = 0.1
+    interval: str = "delta"
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+    power: float = 0.8
+    batch_size: int = 512
+    out: str = "metrics/abtest.json"
+    plot: str = "plots/abtest_lift.png"
+
+
+@dataclass
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    abtest: AbtestConfig = field(default_factory=AbtestConfig)
 
 
 class ConfigError(ValueError):

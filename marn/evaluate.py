@@ -21,7 +21,7 @@ from marn.data.dataset import CTRDataset
 from marn.data.item_table import RESERVED_ENTRIES, ItemTable, load_item_table
 from marn.models.base import CTRModel
 from marn.models.persistence import load_model
-from marn.models.registry import check_model_name, model_slug
+from marn.models.registry import check_model_name, model_folder
 
 PROBABILITY_CLIP = 1e-15  # keeps log loss finite for a saturated prediction
 
@@ -158,7 +158,7 @@ def _plot_modality_attention(model_name: str, attention: dict[str, dict[str, flo
 
 def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, models_dir: Path, out_path: Path,
                     plots_dir: Path | None = None) -> dict:
-    """Evaluate each model saved at `<models_dir>/<slug>/model.pt`; `plots_dir` defaults to `evaluate.plots_dir`.
+    """Evaluate each model saved at `<models_dir>/<model name>/model.pt`; `plots_dir` defaults to `evaluate.plots_dir`.
 
     Reads `evaluate.batch_size`, `data.max_len`, `data.time_gap_buckets` and `ops.backend`; returns what
     `out_path` holds.
@@ -180,7 +180,7 @@ def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, mo
 
     results, popularity_rows, attention_rows, attention_plots = {}, [], [], {}
     for name in model_names:
-        model = load_model(Path(models_dir) / model_slug(name) / "model.pt", name, table)
+        model = load_model(model_folder(models_dir, name) / "model.pt", name, table)
         predictions = predict(model, dataset, batch_size)
         results[name] = ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])
         popularity_rows += [{"model": name, **row} for row in popularity_auc(predictions)]
@@ -197,5 +197,5 @@ def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, mo
     _plot_popularity_auc(popularity_rows, plots_dir / "popularity_auc.png")
     (plots_dir / "modality_attention.json").write_text(json.dumps(attention_rows, indent=1))
     for name, attention in attention_plots.items():
-        _plot_modality_attention(name, attention, plots_dir / f"modality_attention_{model_slug(name)}.png")
+        _plot_modality_attention(name, attention, plots_dir / f"modality_attention_{name}.png")
     return results

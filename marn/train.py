@@ -1,6 +1,6 @@
 """Train stage: one model of `train.models` on the prepared training split (paper §4.1).
 
-`train_model` writes, under `<out_dir>/<model_slug(name)>/`:
+`train_model` writes, under `<out_dir>/<model name>/`:
 - `model.pt`: weights with the architecture and data sizes (see `marn.models.persistence`);
 - `train_log.csv` and `train_log.json`: the mean of every loss over each `train.log_every` steps;
 - `train_metrics.json`: the summary returned by `train_model`;
@@ -27,13 +27,23 @@ from marn.data.dataset import CTRDataset, make_loader
 from marn.data.item_table import ItemTable, load_item_table
 from marn.models.base import LOSS_NAMES, Architecture
 from marn.models.persistence import ModelFileError, atomic_torch_save, describe_differences, save_model
-from marn.models.registry import build_model, check_model_name, model_slug
+from marn.models.registry import build_model, check_model_name, model_folder
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+OPTIMIZERS = ("adagrad", "adam")
+# TensorFlow's AdaGrad default, which the paper trained with; from 0 the first update is lr * sign(g) on every weight
+ADAGRAD_INITIAL_ACCUMULATOR = 0.1
 CHECKPOINT_FORMAT = 1
 LOG_FIELDS = ("step", "epoch", "lambda", *(f"loss_{name}" for name in LOSS_NAMES), "loss_total")
+
+
+def make_optimizer(name: str, parameters: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adagrad":
+        return torch.optim.Adagrad(parameters, lr=lr, initial_accumulator_value=ADAGRAD_INITIAL_ACCUMULATOR)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"train.optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
 def adversarial_weight(progress: float, lambda0: float, gamma: float) -> float:
@@ -62,8 +72,6 @@ def _check_train_config(cfg) -> None:
             raise ValueError(f"train.{key} must be at least 1, got {value}")
     if not train.lr > 0:
         raise ValueError(f"train.lr must be positive, got {train.lr}")
-    if train.optimizer not in OPTIMIZERS:
-        raise ValueError(f"train.optimizer {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     if train.num_threads < 0:
         raise ValueError(f"train.num_threads must be 0 (torch's default) or more, got {train.num_threads}")
 
@@ -114,14 +122,14 @@ def _save_checkpoint(path: Path, fingerprint: dict, model, optimizer, state: Tra
 
 def train_model(cfg, model_name: str, prepared_dir: Path, features_dir: Path, out_dir: Path) -> dict:
     """Train `model_name` with `cfg.train` (and `data.max_len`, `data.time_gap_buckets`, `ops.backend`);
-    returns the summary also written to `<out_dir>/<slug>/train_metrics.json`."""
+    returns the summary also written to `<out_dir>/<model name>/train_metrics.json`."""
     check_model_name(model_name)
     _check_train_config(cfg)
     ops.configure(cfg.ops)
     train = cfg.train
     if train.num_threads:
         torch.set_num_threads(int(train.num_threads))
-    model_dir = Path(out_dir) / model_slug(model_name)
+    model_dir = model_folder(out_dir, model_name)
     model_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = model_dir / "checkpoint.pt"
 
@@ -133,7 +141,7 @@ def train_model(cfg, model_name: str, prepared_dir: Path, features_dir: Path, ou
     torch.manual_seed(int(train.seed))
     model = build_model(model_name, table, architecture)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS[train.optimizer](trainable, lr=float(train.lr))
+    optimizer = make_optimizer(str(train.optimizer), trainable, float(train.lr))
     fingerprint = training_fingerprint(cfg, model_name, table, len(dataset))
 
     state = TrainingState()

@@ -9,7 +9,7 @@ from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import load_item_table
 from marn.models.base import Architecture
-from marn.models.registry import MODELS, build_model, model_slug
+from marn.models.registry import MODELS, build_model, model_folder
 
 ADVERSARIAL_WEIGHT = 0.04
 
@@ -115,13 +115,10 @@ def test_modality_attention_only_for_fusion_with_attention(table):
     assert _build("BaseModel+CONC", table).modality_attention(items) is None
 
 
-def test_model_slugs_are_file_safe_and_distinct():
-    assert model_slug("BaseModel+MAF+DDMA") == "basemodel-maf-ddma"
-    assert model_slug("MARN") == "marn"
-    slugs = [model_slug(name) for name in MODELS]
-    assert len(set(slugs)) == len(slugs)
-    with pytest.raises(ValueError, match="'\\+\\+'"):
-        model_slug("++")
+def test_model_folders_are_the_registered_names(tmp_path):
+    assert model_folder(tmp_path, "BaseModel+MAF+DDMA") == tmp_path / "BaseModel+MAF+DDMA"
+    with pytest.raises(ValueError, match="unknown model 'NoSuchModel'"):
+        model_folder(tmp_path, "NoSuchModel")
 
 
 def test_unknown_model_name_is_named(table):

@@ -157,6 +157,27 @@ def test_cold_items_are_reviewed_only_after_the_training_window(default_data, be
     assert cold[np.unique(items[last])].sum() >= 0.8 * cold.sum()
 
 
+def test_tastes_drift_from_start_to_end(default_data, behaviours):
+    """Where a user's favourite level moves, their early reviews pick the old favourite more and their late
+    reviews the new one."""
+    _, _, truth = default_data
+    users, items, times, last = behaviours
+    levels = np.concatenate([truth["item_shared_levels"], truth["item_image_levels"], truth["item_title_levels"]], 1)
+    change = truth["user_taste_end"] - truth["user_taste_start"]  # (users, factors, levels)
+    drifting = change.max(axis=2)[users] > 0
+    rising = (levels[items] == change.argmax(axis=2)[users]) & drifting
+    fading = (levels[items] == change.argmin(axis=2)[users]) & drifting
+    first, final = truth["user_time_start"][users], truth["user_time_end"][users]
+    progress = (times - first) / (final - first)
+    early, late = progress < 0.5, (progress >= 0.5) & ~last
+
+    def share(hits, rows):
+        return hits[rows].sum() / drifting[rows].sum()
+
+    assert share(rising, late) > share(rising, early) + 0.03
+    assert share(fading, early) > share(fading, late) + 0.05
+
+
 def test_titles_name_shared_and_title_factors(default_data):
     _, meta, truth = default_data
     row = {asin: k for k, asin in enumerate(truth["asin"])}
@@ -358,9 +379,9 @@ def test_true_click_probability_is_calibrated_on_the_generated_behaviours(defaul
         predicted, observed = flat[inside].sum(), hits[inside].sum()
         assert abs(observed - predicted) < 4.0 * np.sqrt((flat[inside] * (1 - flat[inside])).sum()) + 1, b
     # and the users' tastes matter: the truth beats the same model with every user's taste zeroed
-    flat_truth = dict(truth, user_taste_start=0 * truth["user_taste_start"], user_taste_end=0 * truth["user_taste_end"])
-    without_taste = true_click_probability(flat_truth, users, items, times)
-    assert np.log(probs[np.arange(len(items)), items]).mean() > np.log(without_taste).mean() + 0.3
+    no_taste = dict(truth, user_taste_start=0 * truth["user_taste_start"], user_taste_end=0 * truth["user_taste_end"])
+    with_taste = true_click_probability(model, users, items, times)
+    assert np.log(with_taste).mean() > np.log(true_click_probability(no_taste, users, items, times)).mean() + 0.5
 
 
 def test_true_click_probability_takes_ids_and_sums_to_one(default_data):

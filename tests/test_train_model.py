@@ -36,7 +36,7 @@ def test_every_model_trains_with_decreasing_ctr_loss(name, tiny_data, tmp_path):
     metrics = _train(tiny_data, tmp_path, name, epochs=4)
     first, *_, last = metrics["epoch_loss_ctr"]
     assert last < 0.8 * first, metrics["epoch_loss_ctr"]
-    model_dir = tmp_path / marn.train.model_slug(name)
+    model_dir = tmp_path / name
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "model.pt", "train_log.csv", "train_log.json", "train_metrics.json"]
     rows = json.loads((model_dir / "train_log.json").read_text())
@@ -59,22 +59,33 @@ class _Killed(Exception):
     pass
 
 
+def _stop_optimizer_when(monkeypatch, should_stop) -> None:
+    """Make the training loop's optimizer raise `_Killed` before a step once `should_stop(steps done)` holds."""
+    make_optimizer = marn.train.make_optimizer
+
+    def stopping_optimizer(*args, **kwargs):
+        optimizer = make_optimizer(*args, **kwargs)
+        step, steps_done = optimizer.step, [0]
+
+        def step_or_stop(*step_args, **step_kwargs):
+            if should_stop(steps_done[0]):
+                raise _Killed
+            steps_done[0] += 1
+            return step(*step_args, **step_kwargs)
+
+        optimizer.step = step_or_stop
+        return optimizer
+
+    monkeypatch.setattr(marn.train, "make_optimizer", stopping_optimizer)
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, monkeypatch):  # noqa: F811
     uninterrupted = _train(tiny_data, tmp_path / "whole", epochs=2, batch_size=64)
     steps_before_kill = 12  # past the checkpoint at step 10 and the log row at 12, inside the second epoch
     steps_per_epoch = uninterrupted["steps"] // 2
     assert steps_per_epoch < 10 < steps_before_kill < 2 * steps_per_epoch
 
-    class KilledAdagrad(torch.optim.Adagrad):
-        steps = 0
-
-        def step(self, closure=None):
-            if KilledAdagrad.steps == steps_before_kill:
-                raise _Killed
-            KilledAdagrad.steps += 1
-            return super().step(closure)
-
-    monkeypatch.setitem(marn.train.OPTIMIZERS, "adagrad", KilledAdagrad)
+    _stop_optimizer_when(monkeypatch, lambda steps_done: steps_done == steps_before_kill)
     with pytest.raises(_Killed):
         _train(tiny_data, tmp_path / "resumed", epochs=2, batch_size=64)
     checkpoint = tmp_path / "resumed/marn/checkpoint.pt"
@@ -91,13 +102,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, mon
 
 
 def test_checkpoint_of_another_model_or_config_is_refused(tiny_data, tmp_path, monkeypatch):  # noqa: F811
-    class StopAfterCheckpoint(torch.optim.Adagrad):
-        def step(self, closure=None):
-            if (tmp_path / "marn/checkpoint.pt").exists():
-                raise _Killed
-            return super().step(closure)
-
-    monkeypatch.setitem(marn.train.OPTIMIZERS, "adagrad", StopAfterCheckpoint)
+    _stop_optimizer_when(monkeypatch, lambda steps_done: (tmp_path / "marn/checkpoint.pt").exists())
     with pytest.raises(_Killed):
         _train(tiny_data, tmp_path, epochs=2)
     monkeypatch.undo()

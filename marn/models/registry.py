@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import re
+from pathlib import Path
+
 from collections.abc import Callable
 from functools import partial
 
@@ -32,9 +33,6 @@ def build_model(name: str, table: ItemTable, architecture: Architecture) -> CTRM
     return MODELS[check_model_name(name)](table, architecture)
 
 
-def model_slug(name: str) -> str:
-    """A file-name-safe form of a model name: 'BaseModel+MAF+DDMA' -> 'basemodel-maf-ddma'."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    if not slug:
-        raise ValueError(f"model name {name!r} has no letter or digit to name its files by")
-    return slug
+def model_folder(models_dir: str | Path, name: str) -> Path:
+    """Where a model's files live: its registered name as the folder, as `dvc.yaml`'s foreach names it."""
+    return Path(models_dir) / check_model_name(name)

@@ -147,9 +147,9 @@ def check_embedding_backward_args(op: str, grad_out: torch.Tensor, rows: torch.T
     )
     if rows.numel():
         by_granularity = rows.view(-1, granularities)
-        low, high = by_granularity.amin(0).tolist(), by_granularity.amax(0).tolist()
-        for g, size in enumerate(table_rows):
-            _require(
-                low[g] >= 0 and high[g] < size, IndexError, op,
-                f"rows of granularity {g} must lie in [0, {size}), got values in [{low[g]}, {high[g]}]",
-            )
+        for g, (low, high) in enumerate(zip(by_granularity.amin(0).tolist(), by_granularity.amax(0).tolist())):
+            for row in (low, high):
+                _require(
+                    0 <= row < table_rows[g], IndexError, op,
+                    f"rows of granularity {g} must lie in [0, {table_rows[g]}), got {row}",
+                )

@@ -51,7 +51,7 @@ def test_registered_ops_reject_non_contiguous_and_out_of_range(namespace):
         apgru.library(namespace).apgru_cell(torch.zeros(2, 14, device=DEVICE), h, torch.zeros(15, 5, device=DEVICE), torch.zeros(15, device=DEVICE))
     grad_out = torch.zeros(3, 4, 2, device=DEVICE)
     rows = torch.tensor([[0, 0, 1, 2]] * 2 + [[0, 9, 1, 2]], device=DEVICE)
-    with pytest.raises(IndexError, match=r"rows of granularity 1 must lie in \[0, 8\), got values in \[0, 9\]"):
+    with pytest.raises(IndexError, match=r"rows of granularity 1 must lie in \[0, 8\), got 9"):
         embedding.library(namespace).multi_granularity_embedding_backward(grad_out, rows, [8, 8], False)
 
 

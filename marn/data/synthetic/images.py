@@ -14,8 +14,8 @@ from PIL import Image
 
 from marn.data.synthetic.lexicon import IMAGE_FAMILIES, SHARED_FAMILIES
 
-SHAPES = IMAGE_FAMILIES[0].looks
-BACKDROPS = IMAGE_FAMILIES[4].looks
+SHAPES = next(f.looks for f in IMAGE_FAMILIES if f.name == "shape")
+BACKDROPS = next(f.looks for f in IMAGE_FAMILIES if f.name == "backdrop")
 
 # The look of a family the configuration leaves out: a neutral value that all items share.
 _NEUTRAL_LOOKS = {

@@ -1,0 +1,245 @@
+"""Time the custom ops against their reference and peers; print a table and write CSV rows.
+
+    python benchmarks/ops.py                                   # CPU: reference, C++, torch.compile, nn.GRU
+    python benchmarks/ops.py --device cuda --providers reference cuda triton compile gru
+
+Providers: `reference` (plain PyTorch), `cpp` / `cuda` / `triton` (marn.ops backends), `compile`
+(torch.compile of the reference), `gru` (torch.nn.GRU, APGRU's peer: oneDNN on CPU, cuDNN on GPU;
+it gets the same x, h0 and weights and no property). All sequences are full length. Each
+(op, shape, mode, provider) runs until it has --repeats timings or --budget seconds; p20/p50/p80 are
+over those runs. speedup = reference p50 / provider p50; vs_gru = provider p50 / nn.GRU p50. For
+the embedding forward, GB/s counts the bytes an ideal kernel must move (values in, vectors out), and
+a device-to-device copy row gives the bandwidth to compare it with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from marn import ops
+
+ALL_PROVIDERS = ("reference", "cpp", "cuda", "triton", "compile", "gru")
+CSV_FIELDS = ("op", "provider", "shape", "mode", "p20_ms", "p50_ms", "p80_ms", "speedup", "vs_gru", "gb_per_s",
+              "first_call_s", "runs", "device", "machine", "threads")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ops", nargs="+", default=["apgru", "embedding"], choices=["apgru", "embedding"])
+    parser.add_argument("--providers", nargs="+", choices=ALL_PROVIDERS,
+                        help="default: reference, the device's compiled backend, compile, gru (+ triton on cuda)")
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[32, 1024])
+    parser.add_argument("--time", type=int, default=50)
+    parser.add_argument("--input", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--property", type=int, default=16)
+    parser.add_argument("--statistics", type=int, default=4)
+    parser.add_argument("--bins", nargs="+", type=int, default=[10, 100])
+    parser.add_argument("--dim", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds of timed runs per row at most")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--csv", type=Path, default=Path("reports/benchmarks/ops.csv"))
+    args = parser.parse_args(argv)
+    if args.providers is None:
+        compiled = "cuda" if args.device.startswith("cuda") else "cpp"
+        extra = ["triton"] if compiled == "cuda" else []
+        args.providers = ["reference", compiled, *extra, "compile", "gru"]
+    return args
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device, repeats: int, budget: float) -> tuple[float, list[float]]:
+    """First-call seconds (compilation included), then per-run milliseconds after two warm-up runs."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    first_call = time.perf_counter() - start
+    fn()
+    runs: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(runs) < repeats and (len(runs) < 3 or time.perf_counter() < deadline):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        runs.append((time.perf_counter() - start) * 1e3)
+    return first_call, runs
+
+
+def apgru_callables(args, batch: int, device: torch.device, providers: list[str]) -> dict[str, Callable[[bool], Callable[[], object]]]:
+    """provider -> (backward?) -> a call that runs the forward, and the backward when asked."""
+    gen = torch.Generator().manual_seed(0)
+    gru = torch.nn.GRU(args.input, args.hidden, batch_first=True).to(device)
+    x = torch.randn(batch, args.time, args.input, generator=gen).to(device).requires_grad_()
+    prop = torch.randn(batch, args.time, args.property, generator=gen).to(device).requires_grad_()
+    h0 = torch.zeros(batch, args.hidden, device=device, requires_grad=True)
+    weight_pz = (torch.randn(args.hidden, args.property, generator=gen) * args.hidden**-0.5).to(device).requires_grad_()
+    lengths = torch.full((batch,), args.time, dtype=torch.int64, device=device)
+    weights = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0, weight_pz]
+    apgru_leaves = [x, prop, h0, *weights]
+    grad_out = torch.randn(batch, args.time, args.hidden, generator=gen).to(device)
+    compiled_reference = torch.compile(ops.apgru_sequence_reference)
+
+    def runner(forward: Callable[[], tuple[torch.Tensor, torch.Tensor]], leaves: list[torch.Tensor]):
+        def make(backward: bool) -> Callable[[], object]:
+            if not backward:
+                return lambda: _no_grad(forward)
+            return lambda: torch.autograd.grad(forward(), leaves, (grad_out, torch.ones_like(h0)))
+        return make
+
+    def op_backend(name: str):
+        return lambda: _with_backend(name, lambda: ops.apgru_sequence(x, prop, lengths, h0, *weights))
+
+    factories = {
+        "reference": runner(op_backend("reference"), apgru_leaves),
+        "compile": runner(lambda: compiled_reference(x, prop, lengths, h0, *weights), apgru_leaves),
+        "gru": runner(lambda: _squeeze_state(gru(x, h0.unsqueeze(0))), [x, h0, *weights[:4]]),
+    }
+    for name in ("cpp", "cuda", "triton"):
+        factories[name] = runner(op_backend(name), apgru_leaves)
+    return {p: factories[p] for p in providers}
+
+
+def embedding_callables(args, batch: int, device: torch.device, providers: list[str]):
+    gen = torch.Generator().manual_seed(1)
+    num_values = batch * args.time
+    values = torch.randn(num_values, args.statistics, generator=gen)
+    values[torch.rand(values.shape, generator=gen) < 0.05] = float("nan")
+    values = values.to(device)
+    boundaries = [torch.sort(torch.randn(args.statistics, g - 1, generator=gen), dim=1).values.to(device) for g in args.bins]
+    tables = [torch.randn(args.statistics * (g + 1), args.dim, generator=gen).to(device).requires_grad_() for g in args.bins]
+    grad_out = torch.randn(num_values, args.statistics * len(args.bins), args.dim, generator=gen).to(device)
+    compiled_reference = torch.compile(ops.multi_granularity_embedding_reference)
+
+    def runner(forward):
+        def make(backward: bool):
+            if not backward:
+                return lambda: _no_grad(forward)
+            return lambda: torch.autograd.grad(forward(), tables, grad_out)
+        return make
+
+    factories = {"compile": runner(lambda: compiled_reference(values, boundaries, tables))}
+    for name in ("reference", "cpp", "cuda", "triton"):
+        factories[name] = runner(
+            lambda name=name: _with_backend(name, lambda: ops.multi_granularity_embedding(values, boundaries, tables))
+        )
+    ideal_bytes = values.numel() * values.element_size() + grad_out.numel() * grad_out.element_size()
+    return {p: factories[p] for p in providers if p != "gru"}, ideal_bytes
+
+
+def _no_grad(fn):
+    with torch.no_grad():
+        return fn()
+
+
+def _with_backend(name: str, fn):
+    ops.set_backend(name)
+    try:
+        return fn()
+    finally:
+        ops.set_backend(None)
+
+
+def _squeeze_state(result):
+    out, h_n = result
+    return out, h_n[0]
+
+
+def copy_bandwidth(device: torch.device, repeats: int, budget: float) -> float:
+    """GB/s of a device-to-device copy of 256 MiB (bytes read + bytes written)."""
+    source = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    _, runs = measure(lambda: target.copy_(source), device, repeats, budget)
+    return 2 * source.numel() * 4 / (statistics.median(runs) * 1e-3) / 1e9
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_flush_denormal(True)  # denormals slowed CPU steps up to 2x; every provider runs with this
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common = {"device": str(device), "machine": machine(device), "threads": torch.get_num_threads()}
+    rows: list[dict] = []
+    for batch in args.batch:
+        for op in args.ops:
+            if op == "apgru":
+                callables, ideal_bytes = apgru_callables(args, batch, device, args.providers), None
+                shape = f"B={batch} T={args.time} I={args.input} H={args.hidden} P={args.property}"
+            else:
+                callables, ideal_bytes = embedding_callables(args, batch, device, args.providers)
+                shape = f"N={batch * args.time} K={args.statistics} bins={'/'.join(map(str, args.bins))} d={args.dim}"
+            for mode in args.modes:
+                results = {}
+                for provider, make in callables.items():
+                    first_call, runs = measure(make(mode == "fwd+bwd"), device, args.repeats, args.budget)
+                    p20, p50, p80 = (statistics.quantiles(runs, n=10)[i] for i in (1, 4, 7)) if len(runs) > 1 else runs * 3
+                    results[provider] = {"op": op, "provider": provider, "shape": shape, "mode": mode,
+                                         "p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "first_call_s": first_call,
+                                         "runs": len(runs), **common}
+                    if ideal_bytes is not None and mode == "fwd":
+                        results[provider]["gb_per_s"] = ideal_bytes / (p50 * 1e-3) / 1e9
+                    print(f"  {op} {shape} {mode} {provider}: p50 {p50:.3f} ms", file=sys.stderr, flush=True)
+                for result in results.values():
+                    if "reference" in results:
+                        result["speedup"] = results["reference"]["p50_ms"] / result["p50_ms"]
+                    if "gru" in results:
+                        result["vs_gru"] = result["p50_ms"] / results["gru"]["p50_ms"]
+                rows.extend(results.values())
+    if "embedding" in args.ops:
+        rows.append({"op": "copy", "provider": "torch", "shape": "256 MiB", "mode": "fwd",
+                     "gb_per_s": copy_bandwidth(device, args.repeats, args.budget), **common})
+    print_table(rows)
+    write_csv(rows, args.csv)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ("op", "provider", "shape", "mode", "p20_ms", "p50_ms", "p80_ms", "speedup", "vs_gru", "gb_per_s")
+    cells = [[_cell(row.get(key)) for key in header] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for line in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows({key: row.get(key, "") for key in CSV_FIELDS} for row in rows)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
