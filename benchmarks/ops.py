@@ -184,6 +184,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     common = {"device": str(device), "machine": machine(device), "threads": torch.get_num_threads()}
     rows: list[dict] = []
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with args.csv.open("w", newline="") as handle:
+        # Rows are written as they finish, so a run stopped by a time limit keeps what it measured.
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in measure_all(args, device, common):
+            writer.writerow({key: row.get(key, "") for key in CSV_FIELDS})
+            handle.flush()
+            rows.append(row)
+    print_table(rows)
+    print(f"wrote {args.csv}", file=sys.stderr)
+    return rows
+
+
+def measure_all(args: argparse.Namespace, device: torch.device, common: dict):
+    """Yields the result rows of one (op, shape, mode) at a time."""
     for batch in args.batch:
         for op in args.ops:
             if op == "apgru":
@@ -208,13 +224,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         result["speedup"] = results["reference"]["p50_ms"] / result["p50_ms"]
                     if "gru" in results:
                         result["vs_gru"] = result["p50_ms"] / results["gru"]["p50_ms"]
-                rows.extend(results.values())
+                yield from results.values()
     if "embedding" in args.ops:
-        rows.append({"op": "copy", "provider": "torch", "shape": "256 MiB", "mode": "fwd",
-                     "gb_per_s": copy_bandwidth(device, args.repeats, args.budget), **common})
-    print_table(rows)
-    write_csv(rows, args.csv)
-    return rows
+        yield {"op": "copy", "provider": "torch", "shape": "256 MiB", "mode": "fwd",
+               "gb_per_s": copy_bandwidth(device, args.repeats, args.budget), **common}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -230,15 +243,6 @@ def _cell(value) -> str:
     if value is None:
         return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows({key: row.get(key, "") for key in CSV_FIELDS} for row in rows)
-    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -31,23 +32,27 @@ constexpr const char* kCellBackward = "marn::apgru_cell_backward";
 constexpr const char* kSequence = "marn::apgru_sequence";
 constexpr const char* kSequenceBackward = "marn::apgru_sequence_backward";
 
-void check_lengths(const char* op, const at::Tensor& lengths, int64_t batch, int64_t time,
-                   const at::Device& device) {
+// Returns the longest length: the recurrence stops there.
+int64_t check_lengths(const char* op, const at::Tensor& lengths, int64_t batch, int64_t time,
+                      const at::Device& device) {
   check_shape(op, "lengths", lengths, {batch}, "[batch]");
   check_dtype(op, "lengths", lengths, at::kLong);
   check_device(op, "lengths", lengths, device);
   check_contiguous(op, "lengths", lengths);
-  if (batch == 0) return;
+  if (batch == 0) return 0;
   const auto [shortest, longest] = lengths.aminmax();
-  const int64_t min_length = shortest.item<int64_t>();
-  const int64_t max_length = longest.item<int64_t>();
+  const at::Tensor extremes = at::stack({shortest, longest}).cpu();  // one device-to-host copy
+  const int64_t min_length = extremes[0].item<int64_t>();
+  const int64_t max_length = extremes[1].item<int64_t>();
   TORCH_CHECK_INDEX(min_length >= 0 && max_length <= time, op,
                     ": lengths must lie in [0, time] = [0, ", time, "], got values in [",
                     min_length, ", ", max_length, "]");
+  return max_length;
 }
 
 struct SequenceSizes {
   int64_t batch, time, input, hidden, property;
+  int64_t steps;  // the longest length
 };
 
 SequenceSizes check_sequence_inputs(const char* op, const at::Tensor& x, const at::Tensor& prop,
@@ -57,7 +62,7 @@ SequenceSizes check_sequence_inputs(const char* op, const at::Tensor& x, const a
   check_dim(op, "x", x, 3, "[batch, time, input]");
   check_dim(op, "h0", h0, 2, "[batch, hidden]");
   check_dim(op, "prop", prop, 3, "[batch, time, property]");
-  const SequenceSizes s{x.size(0), x.size(1), x.size(2), h0.size(1), prop.size(2)};
+  SequenceSizes s{x.size(0), x.size(1), x.size(2), h0.size(1), prop.size(2), 0};
   check_float_group(op, {{"x", &x},
                          {"prop", &prop},
                          {"h0", &h0},
@@ -69,12 +74,8 @@ SequenceSizes check_sequence_inputs(const char* op, const at::Tensor& x, const a
   check_shape(op, "weight_ih", weight_ih, {3 * s.hidden, s.input}, "[3*hidden, input]");
   check_shape(op, "weight_hh", weight_hh, {3 * s.hidden, s.hidden}, "[3*hidden, hidden]");
   check_shape(op, "weight_pz", weight_pz, {s.hidden, s.property}, "[hidden, property]");
-  check_lengths(op, lengths, s.batch, s.time, x.device());
+  s.steps = check_lengths(op, lengths, s.batch, s.time, x.device());
   return s;
-}
-
-int64_t longest(const at::Tensor& lengths) {
-  return lengths.numel() == 0 ? 0 : lengths.max().item<int64_t>();
 }
 
 // Rows per parallel chunk: below ~4k elements a thread hand-off costs more than the gate math.
@@ -100,11 +101,13 @@ void gates_forward_cpu_typed(const GateForwardStep& s) {
       scalar_t* h_next = s.h_next.mutable_data_ptr<scalar_t>() + b * s.h_next.stride(0);
       scalar_t* out = s.out.defined() ? s.out.mutable_data_ptr<scalar_t>() + b * s.out.stride(0)
                                       : nullptr;
-      scalar_t* ws = s.workspace.mutable_data_ptr<scalar_t>() + b * s.workspace.stride(0);
+      scalar_t* ws = s.workspace.defined()
+                         ? s.workspace.mutable_data_ptr<scalar_t>() + b * s.workspace.stride(0)
+                         : nullptr;
       if (lengths != nullptr && s.t >= lengths[b]) {
         std::copy(h_prev, h_prev + hidden, h_next);
         if (out != nullptr) std::fill(out, out + hidden, scalar_t(0));
-        std::fill(ws, ws + 4 * hidden, scalar_t(0));
+        if (ws != nullptr) std::fill(ws, ws + 4 * hidden, scalar_t(0));
         continue;
       }
       for (int64_t j = 0; j < hidden; j += Vec::size()) {
@@ -117,10 +120,12 @@ void gates_forward_cpu_typed(const GateForwardStep& s) {
         const Vec h = (Vec(scalar_t(1)) - z) * n + z * Vec::loadu(h_prev + j, count);
         h.store(h_next + j, count);
         if (out != nullptr) h.store(out + j, count);
-        r.store(ws + j, count);
-        z.store(ws + hidden + j, count);
-        n.store(ws + 2 * hidden + j, count);
-        hidden_n.store(ws + 3 * hidden + j, count);
+        if (ws != nullptr) {
+          r.store(ws + j, count);
+          z.store(ws + hidden + j, count);
+          n.store(ws + 2 * hidden + j, count);
+          hidden_n.store(ws + 3 * hidden + j, count);
+        }
       }
     }
   });
@@ -244,16 +249,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apgru_cell_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> apgru_sequence_forward(
     const at::Tensor& x, const at::Tensor& prop, const at::Tensor& lengths, const at::Tensor& h0,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& bias_ih,
-    const at::Tensor& bias_hh, const at::Tensor& weight_pz, GateForwardKernel gates) {
+    const at::Tensor& bias_hh, const at::Tensor& weight_pz, bool save_workspace,
+    GateForwardKernel gates) {
   const SequenceSizes s =
       check_sequence_inputs(kSequence, x, prop, lengths, h0, weight_ih, weight_hh, weight_pz);
   check_float_group(kSequence, {{"x", &x}, {"bias_ih", &bias_ih}, {"bias_hh", &bias_hh}});
   check_shape(kSequence, "bias_ih", bias_ih, {3 * s.hidden}, "[3*hidden]");
   check_shape(kSequence, "bias_hh", bias_hh, {3 * s.hidden}, "[3*hidden]");
 
-  const int64_t steps = longest(lengths);
+  const int64_t steps = s.steps;
   at::Tensor out = at::empty({s.batch, s.time, s.hidden}, x.options());
-  at::Tensor workspace = at::empty({s.batch, s.time, 4 * s.hidden}, x.options());
+  at::Tensor workspace =
+      at::empty({s.batch, s.time, save_workspace ? 4 * s.hidden : 0}, x.options());
   out.narrow(1, steps, s.time - steps).zero_();
   workspace.narrow(1, steps, s.time - steps).zero_();
   at::Tensor h = h0.clone();
@@ -278,7 +285,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> apgru_sequence_forward(
     at::addmm_out(step.hidden_gates, bias_hh, h, weight_hh.t());
     step.input_gates = input_gates_by_step.select(1, t);
     step.out = out.select(1, t);
-    step.workspace = workspace.select(1, t);
+    if (save_workspace) step.workspace = workspace.select(1, t);
     gates(step);
     std::swap(h, step.h_next);
   }
@@ -314,7 +321,7 @@ apgru_sequence_backward(const at::Tensor& grad_out, const at::Tensor& grad_h_las
   GateBackwardStep step;
   step.grad_h_prev_direct = at::empty_like(grad_h);
   step.lengths = lengths;
-  for (int64_t t = longest(lengths) - 1; t >= 0; --t) {
+  for (int64_t t = s.steps - 1; t >= 0; --t) {
     step.t = t;
     step.grad_h = grad_h;
     step.grad_out = grad_out.select(1, t);
@@ -360,9 +367,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apgru_cell_backward_c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> apgru_sequence_cpu(
     const at::Tensor& x, const at::Tensor& prop, const at::Tensor& lengths, const at::Tensor& h0,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& bias_ih,
-    const at::Tensor& bias_hh, const at::Tensor& weight_pz) {
+    const at::Tensor& bias_hh, const at::Tensor& weight_pz, bool save_workspace) {
   return apgru_sequence_forward(x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                weight_pz, gates_forward_cpu);
+                                weight_pz, save_workspace, gates_forward_cpu);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

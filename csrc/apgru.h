@@ -19,7 +19,7 @@ struct GateForwardStep {
   int64_t t = 0;
   at::Tensor h_next;     // [B, H], written
   at::Tensor out;        // [B, H], written; may be undefined
-  at::Tensor workspace;  // [B, 4H], written: r, z, n, hidden n-gate
+  at::Tensor workspace;  // [B, 4H], written: r, z, n, hidden n-gate; may be undefined
 };
 
 struct GateBackwardStep {
@@ -48,7 +48,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apgru_cell_backward(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> apgru_sequence_forward(
     const at::Tensor& x, const at::Tensor& prop, const at::Tensor& lengths, const at::Tensor& h0,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& bias_ih,
-    const at::Tensor& bias_hh, const at::Tensor& weight_pz, GateForwardKernel gates);
+    const at::Tensor& bias_hh, const at::Tensor& weight_pz, bool save_workspace,
+    GateForwardKernel gates);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor>

@@ -16,11 +16,11 @@ __global__ void gates_forward_kernel(GateForwardArgs<scalar_t> a) {
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / H;
     const int64_t j = i % H;
-    scalar_t* ws = a.workspace.row(b);
+    scalar_t* ws = a.workspace.data != nullptr ? a.workspace.row(b) : nullptr;
     if (a.lengths != nullptr && a.t >= a.lengths[b]) {
       a.h_next.row(b)[j] = a.h_prev.row(b)[j];
       if (a.out.data != nullptr) a.out.row(b)[j] = scalar_t(0);
-      ws[j] = ws[H + j] = ws[2 * H + j] = ws[3 * H + j] = scalar_t(0);
+      if (ws != nullptr) ws[j] = ws[H + j] = ws[2 * H + j] = ws[3 * H + j] = scalar_t(0);
       continue;
     }
     const scalar_t* gi = a.input_gates.row(b);
@@ -32,10 +32,12 @@ __global__ void gates_forward_kernel(GateForwardArgs<scalar_t> a) {
     const scalar_t h = (scalar_t(1) - z) * n + z * a.h_prev.row(b)[j];
     a.h_next.row(b)[j] = h;
     if (a.out.data != nullptr) a.out.row(b)[j] = h;
-    ws[j] = r;
-    ws[H + j] = z;
-    ws[2 * H + j] = n;
-    ws[3 * H + j] = hidden_n;
+    if (ws != nullptr) {
+      ws[j] = r;
+      ws[H + j] = z;
+      ws[2 * H + j] = n;
+      ws[3 * H + j] = hidden_n;
+    }
   }
 }
 

@@ -14,7 +14,16 @@ namespace marn {
 
 // Python's spelling (torch.float32), so that messages read the same from every backend.
 inline std::string dtype_name(at::ScalarType dtype) {
-  return "torch." + std::string(c10::getDtypeNames(dtype).first);
+  switch (dtype) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kBool: return "torch.bool";
+    default: return c10::toString(dtype);
+  }
 }
 
 inline void check_defined(const char* op, const char* name, const at::Tensor& t) {

@@ -32,7 +32,7 @@ struct Rows {
 
 template <typename scalar_t>
 struct GateForwardArgs {
-  Rows<scalar_t> input_gates, hidden_gates, h_prev, h_next, out, workspace;  // out may be null
+  Rows<scalar_t> input_gates, hidden_gates, h_prev, h_next, out, workspace;  // out, workspace may be null
   const int64_t* lengths;  // null when every row is valid
   int64_t t, batch, hidden;
 };

@@ -93,10 +93,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apgru_cell_backward_c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> apgru_sequence_cuda(
     const at::Tensor& x, const at::Tensor& prop, const at::Tensor& lengths, const at::Tensor& h0,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& bias_ih,
-    const at::Tensor& bias_hh, const at::Tensor& weight_pz) {
+    const at::Tensor& bias_hh, const at::Tensor& weight_pz, bool save_workspace) {
   const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
   return apgru_sequence_forward(x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                weight_pz, gates_forward_cuda);
+                                weight_pz, save_workspace, gates_forward_cuda);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

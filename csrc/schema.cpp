@@ -10,10 +10,11 @@ TORCH_LIBRARY(marn, m) {
   m.def(
       "apgru_cell_backward(Tensor grad_h_new, Tensor h, Tensor weight_hh, Tensor workspace)"
       " -> (Tensor grad_input_gates, Tensor grad_h, Tensor grad_weight_hh, Tensor grad_bias_hh)");
+  // Without save_workspace (inference) the workspace is [B, T, 0] and backward cannot run.
   m.def(
       "apgru_sequence(Tensor x, Tensor prop, Tensor lengths, Tensor h0, Tensor weight_ih,"
-      " Tensor weight_hh, Tensor bias_ih, Tensor bias_hh, Tensor weight_pz)"
-      " -> (Tensor out, Tensor h_last, Tensor workspace)");
+      " Tensor weight_hh, Tensor bias_ih, Tensor bias_hh, Tensor weight_pz,"
+      " bool save_workspace=True) -> (Tensor out, Tensor h_last, Tensor workspace)");
   m.def(
       "apgru_sequence_backward(Tensor grad_out, Tensor grad_h_last, Tensor x, Tensor prop,"
       " Tensor lengths, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor weight_pz,"

@@ -8,6 +8,7 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -42,7 +43,7 @@ using T = const at::Tensor&;
 auto sequence_op() {
   return c10::Dispatcher::singleton()
       .findSchemaOrThrow("marn::apgru_sequence", "")
-      .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(T, T, T, T, T, T, T, T, T)>();
+      .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(T, T, T, T, T, T, T, T, T, bool)>();
 }
 
 auto sequence_backward_op() {
@@ -73,7 +74,7 @@ struct Apgru {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const at::Tensor& lengths,
                                                      const at::Tensor& start) const {
     return sequence_op().call(x, prop, lengths, start, weight_ih, weight_hh, bias_ih, bias_hh,
-                              weight_pz);
+                              weight_pz, /*save_workspace=*/true);
   }
 };
 
@@ -123,8 +124,9 @@ void test_backward_h0_against_finite_differences() {
     const double numeric = (loss(up) - loss(down)) / (2 * step);
     worst = std::max(worst, std::abs(numeric - grad_h0.view(-1)[i].item<double>()));
   }
-  expect(worst < 1e-6, "grad_h0 matches central differences (worst error " +
-                           std::to_string(worst) + ")");
+  std::ostringstream message;
+  message << "grad_h0 matches central differences (worst error " << worst << ")";
+  expect(worst < 1e-6, message.str());
 }
 
 void test_lookup_matches_bucketize() {
@@ -157,7 +159,7 @@ void test_bad_inputs() {
   expect_throws<c10::ValueError>(
       [&] {
         sequence_op().call(a.x, a.prop, lengths, a.h0, a.weight_ih, a.weight_hh.narrow(1, 0, 5),
-                           a.bias_ih, a.bias_hh, a.weight_pz);
+                           a.bias_ih, a.bias_hh, a.weight_pz, true);
       },
       "weight_hh", "wrong weight_hh shape");
   expect_throws<c10::IndexError>(

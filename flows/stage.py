@@ -29,11 +29,16 @@ def publish_report(key: str, title: str, report: dict) -> None:
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
 
 
-def main(stage_flow: Callable) -> None:
-    """Run a stage flow with `sys.argv[1:]` as Hydra overrides; a bad config exits with its message."""
+def main(stage_flow: Callable, check: Callable | None = None) -> None:
+    """Run a stage flow with `sys.argv[1:]` as Hydra overrides; a bad config exits with its message.
+
+    `check(cfg)` is the stage's own validation, run like the schema check before Prefect starts.
+    """
     overrides = sys.argv[1:]
     try:
-        config_from(overrides)  # fail before starting Prefect when the config is wrong
-    except ConfigError as err:
+        cfg = config_from(overrides)
+        if check is not None:
+            check(cfg)
+    except (ConfigError, ValueError) as err:
         sys.exit(f"error: {err}")
     stage_flow(overrides=overrides)

@@ -115,12 +115,15 @@ class TrainConfig:
     log_every: int = 20
     checkpoint_every: int = 200
     num_threads: int = 1
+    nproc: int = 1
+    device: str = "cpu"
+    seeds: list[int] = field(default_factory=list)
 
 
 @dataclass
 class EvaluateConfig:
     out: str = "metrics/eval.json"
-    plots_dir: str = "plots"
+    plots_dir: str = "plots/evaluate"
     batch_size: int = 512
 
 
@@ -151,6 +154,18 @@ class AbtestConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    out_dir: str = "reports"
+    seed: int = 0
+    lambda0_grid: list[float] = field(default_factory=list)
+    recall_at: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 1000])
+    cold_start_candidates: int = 1000
+    tsne_model: str = "MARN"
+    tsne_items: int = 200
+    paper_numbers: Optional[str] = None
+
+
+@dataclass
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -158,6 +173,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     abtest: AbtestConfig = field(default_factory=AbtestConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 class ConfigError(ValueError):

@@ -9,6 +9,7 @@ from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import load_item_table
 from marn.models.base import Architecture
+from marn.models.baselines import BASELINES
 from marn.models.registry import MODELS, build_model, model_folder
 
 ADVERSARIAL_WEIGHT = 0.04
@@ -34,7 +35,7 @@ def _parameters(module):
     return [p for p in module.parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [name for name in MODELS if name not in BASELINES])  # baselines: test_baselines.py
 def test_every_model_returns_probabilities_and_its_own_losses(name, table, batch):
     model = _build(name, table)
     outputs = model(batch, adversarial_weight=ADVERSARIAL_WEIGHT)

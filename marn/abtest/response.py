@@ -22,10 +22,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from scipy import optimize, special
 
+from marn.data.item_table import RESERVED_ENTRIES
+
 FEATURE_NAMES = ("log_train_count", "category_share", "brand_share", "mean_rating")
 FIT_SAMPLES = 200_000  # four coefficients: more samples hardly move them but cost a [samples, max_len] history
 L2_PENALTY = 1e-3
-RESERVED_ENTRIES = 2  # index 0 = padding, 1 = out-of-vocabulary (docs/FORMATS.md)
 
 BIAS_NOTE = ("relevance from a logistic response model fitted on the logged reviews (item popularity, the "
              "user's category and brand shares, mean rating) against random negatives: not causal, it favours "

@@ -140,7 +140,7 @@ def arm_users(user_arm: np.ndarray, request_user: np.ndarray, n_arms: int) -> li
 
 
 def arm_totals(responses: Responses, request_user: np.ndarray, users: np.ndarray) -> dict:
-    """Counts and rates of one arm's users."""
+    """Counts and rates of one arm's users (each of whom made a request)."""
     mine = np.isin(request_user, users)
     impressions = int(responses.impressions[mine].sum())
     clicks = int(responses.clicks[mine].sum())
@@ -150,10 +150,10 @@ def arm_totals(responses: Responses, request_user: np.ndarray, users: np.ndarray
         "requests": int(mine.sum()),
         "impressions": impressions,
         "clicks": clicks,
-        "ctr": clicks / impressions if impressions else None,
+        "ctr": clicks / impressions,
         "purchases": int(responses.purchases[mine].sum()),
         "gmv": round(gmv, 2),
-        "gmv_per_impression": gmv / impressions if impressions else None,
+        "gmv_per_impression": gmv / impressions,
     }
 
 

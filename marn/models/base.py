@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSS_NAMES = ("ctr", "ds", "d0", "adv")  # eq. 10: L = L_CTR + L_Ds + L_D0 + L_ADV
+LOSS_NAMES = ("ctr", "ds", "d0", "adv", "aux")  # eq. 10: L = L_CTR + L_Ds + L_D0 + L_ADV; aux: DIEN's auxiliary loss
 
 
 @dataclass(frozen=True)

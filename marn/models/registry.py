@@ -9,6 +9,7 @@ from functools import partial
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel
+from marn.models.baselines import BASELINES
 from marn.models.marn import MARN, MarnVariant
 from marn.nn.modality_embedding import MODALITIES
 
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[..., CTRModel]] = {
     "BaseModel+MAF+ADV": partial(MARN, variant=MarnVariant(MODALITIES, "maf+adv", use_property=False)),
     "BaseModel+MAF+DDMA": partial(MARN, variant=MarnVariant(MODALITIES, "maf+ddma", use_property=False)),
     "MARN": partial(MARN, variant=MarnVariant(MODALITIES, "maf+ddma", use_property=True)),
+    **BASELINES,
 }
 
 

@@ -77,10 +77,11 @@ def _cell_backward_fake(grad_h_new, h, weight_hh, workspace):
     )
 
 
-def _sequence_fake(x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh, weight_pz):
+def _sequence_fake(x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh, weight_pz, save_workspace=True):
     batch, time, _ = x.shape
     hidden = h0.shape[1]
-    return x.new_empty(batch, time, hidden), h0.new_empty(batch, hidden), x.new_empty(batch, time, 4 * hidden)
+    workspace = x.new_empty(batch, time, 4 * hidden if save_workspace else 0)
+    return x.new_empty(batch, time, hidden), h0.new_empty(batch, hidden), workspace
 
 
 def _sequence_backward_fake(grad_out, grad_h_last, x, prop, lengths, h0, weight_ih, weight_hh, weight_pz, out, workspace):
@@ -104,7 +105,7 @@ def _cell_setup_context(ctx, inputs, output):
 
 
 def _sequence_setup_context(ctx, inputs, output):
-    x, prop, lengths, h0, weight_ih, weight_hh, _, _, weight_pz = inputs
+    x, prop, lengths, h0, weight_ih, weight_hh, _, _, weight_pz, *_ = inputs
     out, _, workspace = output
     ctx.save_for_backward(x, prop, lengths, h0, weight_ih, weight_hh, weight_pz, out, workspace)
 
@@ -121,7 +122,7 @@ def _register(namespace: str) -> None:
         grad_x, grad_prop, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh, grad_wpz = namespace_ops.apgru_sequence_backward(
             grad_out.contiguous(), grad_h_last.contiguous(), x, prop, lengths, h0, weight_ih, weight_hh, weight_pz, out, workspace
         )
-        return grad_x, grad_prop, None, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh, grad_wpz
+        return grad_x, grad_prop, None, grad_h0, grad_wih, grad_whh, grad_bih, grad_bhh, grad_wpz, None
 
     for name, fake in (
         ("apgru_cell", _cell_fake),
@@ -173,7 +174,9 @@ def apgru_sequence(
         checks.check_apgru_sequence_args("apgru_sequence", *args[:6], args[8])
         checks.check_apgru_biases("apgru_sequence", args[0], args[6], args[7], h0.shape[1])
         return apgru_sequence_reference(*args)
-    out, h_last, _ = library(namespace).apgru_sequence(*args)
+    # The workspace (gates saved for backward) costs as much memory traffic as the gates themselves.
+    save_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    out, h_last, _ = library(namespace).apgru_sequence(*args, save_workspace)
     return out, h_last
 
 

@@ -30,7 +30,7 @@ def _tanh(v):
 def _apgru_gates_forward_kernel(
     input_gates_ptr, input_gates_row_stride, hidden_gates_ptr, h_prev_ptr, lengths_ptr, t,
     h_next_ptr, out_ptr, out_row_stride, workspace_ptr, workspace_row_stride, batch, hidden,
-    HAS_LENGTHS: tl.constexpr, HAS_OUT: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_OUT: tl.constexpr, HAS_WORKSPACE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = index < batch * hidden
@@ -51,11 +51,12 @@ def _apgru_gates_forward_kernel(
     tl.store(h_next_ptr + b * hidden + j, tl.where(valid, h, h_prev), mask=mask)
     if HAS_OUT:
         tl.store(out_ptr + b * out_row_stride + j, tl.where(valid, h, 0.0), mask=mask)
-    ws = workspace_ptr + b * workspace_row_stride + j
-    tl.store(ws, tl.where(valid, r, 0.0), mask=mask)
-    tl.store(ws + hidden, tl.where(valid, z, 0.0), mask=mask)
-    tl.store(ws + 2 * hidden, tl.where(valid, n, 0.0), mask=mask)
-    tl.store(ws + 3 * hidden, tl.where(valid, hidden_n, 0.0), mask=mask)
+    if HAS_WORKSPACE:
+        ws = workspace_ptr + b * workspace_row_stride + j
+        tl.store(ws, tl.where(valid, r, 0.0), mask=mask)
+        tl.store(ws + hidden, tl.where(valid, z, 0.0), mask=mask)
+        tl.store(ws + 2 * hidden, tl.where(valid, n, 0.0), mask=mask)
+        tl.store(ws + 3 * hidden, tl.where(valid, hidden_n, 0.0), mask=mask)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -106,8 +107,9 @@ def _gates_forward(input_gates, hidden_gates, h_prev, lengths, t, h_next, out, w
         input_gates, input_gates.stride(0), hidden_gates, h_prev,
         lengths if lengths is not None else h_prev, t,
         h_next, out if out is not None else h_next, out.stride(0) if out is not None else 0,
-        workspace, workspace.stride(0), batch, hidden,
-        HAS_LENGTHS=lengths is not None, HAS_OUT=out is not None, BLOCK=BLOCK,
+        workspace if workspace is not None else h_next, workspace.stride(0) if workspace is not None else 0,
+        batch, hidden,
+        HAS_LENGTHS=lengths is not None, HAS_OUT=out is not None, HAS_WORKSPACE=workspace is not None, BLOCK=BLOCK,
     )
 
 
@@ -170,6 +172,7 @@ def apgru_sequence(
     bias_ih: torch.Tensor,
     bias_hh: torch.Tensor,
     weight_pz: torch.Tensor,
+    save_workspace: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "marn_triton::apgru_sequence"
     checks.check_apgru_sequence_args(op, x, prop, lengths, h0, weight_ih, weight_hh, weight_pz)
@@ -178,7 +181,7 @@ def apgru_sequence(
     hidden, props = h0.shape[1], prop.shape[2]
     steps = int(lengths.max()) if batch else 0
     out = x.new_empty(batch, time, hidden)
-    workspace = x.new_empty(batch, time, 4 * hidden)
+    workspace = x.new_empty(batch, time, 4 * hidden if save_workspace else 0)
     out[:, steps:].zero_()
     workspace[:, steps:].zero_()
     h = h0.clone()
@@ -193,7 +196,9 @@ def apgru_sequence(
     h_next = torch.empty_like(h)
     for t in range(steps):
         torch.addmm(bias_hh, h, weight_hh.t(), out=hidden_gates)
-        _gates_forward(gates_in[:, t], hidden_gates, h, lengths, t, h_next, out[:, t], workspace[:, t])
+        _gates_forward(
+            gates_in[:, t], hidden_gates, h, lengths, t, h_next, out[:, t], workspace[:, t] if save_workspace else None
+        )
         h, h_next = h_next, h
     return out, h, workspace
 

@@ -81,7 +81,8 @@ def assert_all_close(actual: list[torch.Tensor], expected: list[torch.Tensor], n
 def embedding_inputs(
     num_values: int, statistics: int, bins: list[int], dim: int, value_dtype, table_dtype, seed: int, special_share: float = 0.3
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Values mixing normal draws with boundary values, ±inf and NaN; tables requiring grad."""
+    """Values mixing normal draws with boundary values (share `special_share`) and ±inf or NaN (half
+    that share); tables requiring grad."""
     gen = generator(seed)
     boundaries = [
         torch.sort(torch.randn(statistics, g - 1, generator=gen, dtype=value_dtype), dim=1).values.to(DEVICE)
@@ -91,10 +92,14 @@ def embedding_inputs(
     specials = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=value_dtype)
     for k in range(statistics):
         # Statistic k's own boundaries, so that these values sit exactly on one.
-        candidates = torch.cat([b[k].cpu() for b in boundaries] + [specials])
-        pick = torch.randint(len(candidates), (num_values,), generator=gen)
-        special = torch.rand(num_values, generator=gen) < special_share
-        values[:, k] = torch.where(special, candidates[pick], values[:, k])
+        on_boundary = torch.cat([b[k].cpu() for b in boundaries])
+        if len(on_boundary):
+            pick = torch.randint(len(on_boundary), (num_values,), generator=gen)
+            chosen = torch.rand(num_values, generator=gen) < special_share
+            values[:, k] = torch.where(chosen, on_boundary[pick], values[:, k])
+        pick = torch.randint(len(specials), (num_values,), generator=gen)
+        chosen = torch.rand(num_values, generator=gen) < special_share / 2
+        values[:, k] = torch.where(chosen, specials[pick], values[:, k])
     values = values.to(DEVICE)
     tables = [randn(gen, statistics * (g + 1), dim, dtype=table_dtype).requires_grad_(True) for g in bins]
     return values, boundaries, tables

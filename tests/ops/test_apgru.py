@@ -143,3 +143,19 @@ def test_module_parameter_names_follow_nn_gru():
         "weight_pz": (6, 2),
     }
     assert "weight_pz" not in dict(APGRU(4, 6, 2, use_property=False).named_parameters())
+
+
+def test_inference_saves_no_workspace_and_backward_refuses_it():
+    inputs = apgru_inputs(3, 4, 5, 6, 2, [4, 2, 0], torch.float32, seed=6)
+    library = apgru_module.library("marn")
+    args = [t.detach() for t in inputs.values()]
+    out, h_last, workspace = library.apgru_sequence(*args, False)
+    with backend(COMPILED_BACKEND), torch.no_grad():
+        expected_out, expected_h = ops.apgru_sequence(**inputs)
+    assert workspace.shape == (3, 4, 0)
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=0)
+    torch.testing.assert_close(h_last, expected_h, rtol=0, atol=0)
+    x, prop, lengths, h0, weight_ih, weight_hh, _, _, weight_pz = args
+    with pytest.raises(ValueError, match=r"workspace must have shape \[3, 4, 24\]"):
+        library.apgru_sequence_backward(torch.ones_like(out), torch.ones_like(h_last), x, prop, lengths, h0,
+                                        weight_ih, weight_hh, weight_pz, out, workspace)

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from marn.config import OpsConfig, load_config
-from marn.ops import backend
+pytest.importorskip("hydra", reason="marn.config composes params.yaml with Hydra")
+
+from marn.config import OpsConfig, load_config  # noqa: E402
+from marn.ops import backend  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

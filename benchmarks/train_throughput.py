@@ -1,0 +1,218 @@
+"""Training throughput, end to end: samples/s of the training step loop for MARN with the fused ops,
+MARN with the reference ops, and DIEN from the peer library deepctr-torch, on the same prepared batches.
+
+    pip install -e '.[peers]'                                # deepctr-torch, for the DIEN row only
+    python benchmarks/train_throughput.py [--batches 20] [--rounds 3] [key=value ...]
+
+The key=value overrides go to params.yaml, as for the stages (e.g. train.batch_size=256). Every provider
+steps the same optimizer (train.optimizer, train.lr) over the same --batches global batches of
+train.batch_size training samples, built before timing; after a warm-up pass the providers take turns,
+one pass each per round, so the machine's load falls on all alike, and a provider's samples/s is the
+median over the rounds. Speeds are compared as ratios measured in one run, never as absolute seconds.
+
+DIEN (Zhou et al., 2019) is deepctr-torch's `DIEN` with the paper's AUGRU, fed the IDs MARN embeds
+(item, category, brand where present, at MARN's sizes) and MARN's prediction MLP sizes; one step is its
+`fit` loop body (summed log loss + regularisation + auxiliary loss, backward, optimizer step) without
+the DataLoader. It has no negative-sampled auxiliary loss, as MARN has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from marn import ops
+from marn.config import load_config, resolve_path
+from marn.data.dataset import CTRDataset, make_loader
+from marn.data.item_table import ItemTable, load_item_table
+from marn.models.base import Architecture
+from marn.models.registry import build_model
+from marn.nn.modality_embedding import BRAND_DIM, CATEGORY_DIM, ITEM_ID_DIM
+from marn.ops.backend import require_compiled
+from marn.train import adversarial_weight, make_optimizer, train_step
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MODEL = "MARN"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of params.yaml")
+    parser.add_argument("--batches", type=int, default=20, help="distinct global batches, built before timing")
+    parser.add_argument("--rounds", type=int, default=3, help="timed passes over the batches per provider")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = train.num_threads")
+    parser.add_argument("--providers", nargs="+", default=["marn-fused", "marn-reference", "deepctr-dien"],
+                        choices=["marn-fused", "marn-reference", "deepctr-dien"])
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "train_throughput.json")
+    args = parser.parse_args(argv)
+    if args.batches < 1 or args.rounds < 1:
+        parser.error(f"--batches and --rounds must be at least 1, got {args.batches} and {args.rounds}")
+    return args
+
+
+def machine_summary(device: torch.device) -> dict:
+    return {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_results(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def marn_steps(cfg, table: ItemTable, device: torch.device, backend: str) -> Callable[[dict], object]:
+    """One MARN training step per call on `backend` (the train stage's step, one process)."""
+    torch.manual_seed(int(cfg.train.seed))
+    model = build_model(MODEL, table, Architecture.from_config(cfg)).to(device).train()
+    optimizer = make_optimizer(str(cfg.train.optimizer), [p for p in model.parameters() if p.requires_grad],
+                               float(cfg.train.lr))
+    weight = adversarial_weight(0.5, float(cfg.train.lambda0), float(cfg.train.gamma))  # mid-training
+
+    def step(batch: dict) -> object:
+        ops.set_backend(backend)
+        return train_step(model, model, optimizer, batch, 1.0, 1, weight)
+
+    return step
+
+
+def dien_steps(cfg, table: ItemTable, batches: list[dict], device: torch.device
+               ) -> tuple[Callable[[dict], object], list[dict]]:
+    """deepctr-torch's DIEN on MARN's ID features, and the batches in its input layout."""
+    from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
+    from deepctr_torch.models import DIEN
+
+    max_len = int(cfg.data.max_len)
+    id_features = [("item", table.n_items, ITEM_ID_DIM), ("category", table.n_categories, CATEGORY_DIM)]
+    if table.has_brands:
+        id_features.append(("brand", table.n_brands, BRAND_DIM))
+    columns = [SparseFeat(name, size, dim) for name, size, dim in id_features]
+    columns += [VarLenSparseFeat(SparseFeat(f"hist_{name}", size, dim, embedding_name=name), maxlen=max_len,
+                                 length_name="hist_len") for name, size, dim in id_features]
+    torch.manual_seed(int(cfg.train.seed))
+    model = DIEN(columns, [name for name, _, _ in id_features], gru_type="AUGRU", use_negsampling=False,
+                 dnn_hidden_units=tuple(int(h) for h in cfg.train.prediction_mlp), device=str(device),
+                 seed=int(cfg.train.seed))
+    model.train()
+    optimizer = make_optimizer(str(cfg.train.optimizer), list(model.parameters()), float(cfg.train.lr))
+    # item index -> the ID each feature embeds; row 0 (padding) maps to 0 in every vocabulary
+    id_of = {"item": torch.arange(table.n_items), "category": table.category, "brand": table.brand}
+    width = max(end for _, end in model.feature_index.values())
+
+    def to_dien(batch: dict) -> dict:
+        """deepctr-torch's input: one float matrix, each feature in its `feature_index` columns."""
+        inputs = torch.zeros(len(batch["target_item"]), width)
+        history = torch.zeros(len(batch["target_item"]), max_len, dtype=torch.int64)
+        history[:, :batch["hist_items"].shape[1]] = batch["hist_items"].cpu()
+        values = {"hist_len": batch["hist_len"].cpu().unsqueeze(1)}
+        for name, _, _ in id_features:
+            values[name] = id_of[name][batch["target_item"].cpu()].unsqueeze(1)
+            values[f"hist_{name}"] = id_of[name][history]
+        for name, (start, end) in model.feature_index.items():
+            inputs[:, start:end] = values[name].float()
+        return {"inputs": inputs.to(device), "label": batch["label"]}
+
+    def step(batch: dict) -> object:
+        predicted = model(batch["inputs"]).squeeze(-1)
+        loss = F.binary_cross_entropy(predicted, batch["label"], reduction="sum")
+        total = loss + model.get_regularization_loss() + model.aux_loss
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        return total.detach()
+
+    return step, [to_dien(batch) for batch in batches]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.overrides)
+    torch.set_num_threads(args.threads or int(cfg.train.num_threads) or torch.get_num_threads())
+    torch.set_flush_denormal(True)  # for every provider alike: denormal floats would slow some and not others
+    device = torch.device(args.device)
+    fused_backend = "cuda" if device.type == "cuda" else "cpp"
+    if "marn-fused" in args.providers:
+        require_compiled()
+
+    prepared_dir = resolve_path(cfg.data.prepared_dir)
+    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
+    dataset = CTRDataset(prepared_dir, "train", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
+    loader = make_loader(dataset, int(cfg.train.batch_size), shuffle=True, seed=int(cfg.train.seed))
+    index_batches = [indices for _, indices in zip(range(args.batches), loader.batch_sampler)]
+    batches = [{k: v.to(device) for k, v in dataset.__getitems__(indices).items()} for indices in index_batches]
+    samples_per_pass = sum(len(indices) for indices in index_batches)
+
+    providers: dict[str, tuple[Callable[[dict], object], list[dict]]] = {}
+    for name in args.providers:
+        if name == "deepctr-dien":
+            providers[name] = dien_steps(cfg, table, batches, device)
+        else:
+            backend = fused_backend if name == "marn-fused" else "reference"
+            providers[name] = (marn_steps(cfg, table, device, backend), batches)
+
+    def one_pass(step: Callable[[dict], object], provider_batches: list[dict]) -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        for batch in provider_batches:
+            step(batch)
+        synchronize(device)
+        return samples_per_pass / (time.perf_counter() - started)
+
+    for step, provider_batches in providers.values():
+        one_pass(step, provider_batches)  # warm-up: allocations, kernel caches, lazy initialisation
+    rates: dict[str, list[float]] = {name: [] for name in providers}
+    for _ in range(args.rounds):
+        for name, (step, provider_batches) in providers.items():
+            rates[name].append(one_pass(step, provider_batches))
+
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    rows = []
+    for name in providers:
+        row = {"provider": name, "samples_per_s": median[name], "rounds": len(rates[name])}
+        for reference in ("marn-reference", "deepctr-dien"):
+            if reference in median and reference != name:
+                row[f"vs_{reference}"] = median[name] / median[reference]
+        rows.append(row)
+    columns = ["provider", "samples_per_s", *sorted({k for row in rows for k in row if k.startswith("vs_")})]
+    for row in rows:
+        for column in columns:
+            row.setdefault(column, "")
+    settings = {"batch_size": int(cfg.train.batch_size), "batches": args.batches, "rounds": args.rounds,
+                "max_len": int(cfg.data.max_len), "hidden": int(cfg.train.hidden), "optimizer": str(cfg.train.optimizer),
+                "train_samples": len(dataset), "items": table.n_items}
+    payload = {"settings": settings, "machine": machine_summary(device), "rows": rows,
+               "samples_per_s_each_round": rates}
+    save_results(args.out, payload)
+    print(f"training throughput, {samples_per_pass} samples per pass, median of {args.rounds} rounds "
+          f"({settings['batch_size']} per batch, {payload['machine']['threads']} threads, {device})")
+    print(markdown_table(rows, columns))
+    print(f"written to {args.out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Cold-start click recall@N (the paper's Table 5): how high a model ranks a clicked item it never saw in training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from marn.data.dataset import CTRDataset
+from marn.data.item_table import RESERVED_ENTRIES
+from marn.models.base import CTRModel
+
+PROTOCOL = (
+    "A query is a positive test sample whose target item is cold (in no training sample). Its candidates are "
+    "the clicked item and every item the user never interacted with (reserved indices excluded), drawn down to "
+    "`analysis.cold_start_candidates` - 1 of them (0: no limit), uniformly without replacement (seed "
+    "`analysis.seed`), when there are more. The model scores every candidate with the user's test history; the clicked item's rank "
+    "counts the other candidates scoring at least as high (ties count against it). recall@N is the share of "
+    "queries ranked within the top N, averaged over runs; RANDOM is the expected recall of a uniformly random "
+    "order, min(N, C) / C for C candidates, averaged over queries. With N at or above the number of candidates "
+    "recall is 1 for every model."
+)
+
+
+@dataclass(frozen=True)
+class ColdStartQuery:
+    sample: int  # row of the test split
+    candidates: np.ndarray  # item indices, the clicked item first
+
+
+def cold_start_queries(dataset: CTRDataset, max_candidates: int, rng: np.random.Generator) -> list[ColdStartQuery]:
+    """One query per positive test sample with a cold target; `max_candidates` 0 keeps every candidate."""
+    if max_candidates < 0 or max_candidates == 1:
+        raise ValueError(f"analysis.cold_start_candidates must be 0 (all) or at least 2, got {max_candidates}")
+    samples = dataset.samples
+    n_items = len(dataset.item_cold)
+    queries = []
+    for row in np.flatnonzero((samples["label"] == 1) & dataset.item_cold[samples["item"]]):
+        user, clicked = int(samples["user"][row]), int(samples["item"][row])
+        touched = dataset.seq_items[dataset.offsets[user]:dataset.offsets[user + 1]]
+        others = np.setdiff1d(np.arange(RESERVED_ENTRIES, n_items), np.r_[touched, clicked])
+        if max_candidates and len(others) > max_candidates - 1:
+            others = np.sort(rng.choice(others, size=max_candidates - 1, replace=False))
+        queries.append(ColdStartQuery(int(row), np.r_[clicked, others].astype(np.int64)))
+    return queries
+
+
+@torch.inference_mode()
+def clicked_item_ranks(model: CTRModel, dataset: CTRDataset, queries: Sequence[ColdStartQuery],
+                       batch_size: int) -> np.ndarray:
+    """1-based rank of each query's clicked item among its candidates, by the model's logit."""
+    model.eval()
+    ranks = np.empty(len(queries), dtype=np.int64)
+    for number, query in enumerate(queries):
+        sample = dataset.__getitems__([query.sample])
+        logits = []
+        for start in range(0, len(query.candidates), batch_size):
+            candidates = torch.from_numpy(query.candidates[start:start + batch_size])
+            batch = {key: value.expand(len(candidates), *value.shape[1:]).contiguous() for key, value in sample.items()}
+            batch["target_item"] = candidates
+            logits.append(model(batch)["logit"])
+        logits = torch.cat(logits)
+        ranks[number] = 1 + int((logits[1:] >= logits[0]).sum())
+    return ranks
+
+
+def check_cutoffs(cutoffs: Sequence[int]) -> None:
+    if not cutoffs or min(cutoffs) < 1:
+        raise ValueError(f"analysis.recall_at must list cutoffs N >= 1, got {list(cutoffs)}")
+
+
+def recall_at(ranks: np.ndarray, cutoffs: Sequence[int]) -> dict[int, float]:
+    """Share of queries whose clicked item ranks within the top N, for each N of `cutoffs`."""
+    check_cutoffs(cutoffs)
+    ranks = np.asarray(ranks)
+    if len(ranks) == 0:
+        raise ValueError("recall@N needs at least one query")
+    return {int(n): float(np.mean(ranks <= n)) for n in cutoffs}
+
+
+def random_recall_at(n_candidates: np.ndarray, cutoffs: Sequence[int]) -> dict[int, float]:
+    """Expected recall@N of a uniformly random ranking: mean over queries of min(N, C) / C."""
+    check_cutoffs(cutoffs)
+    n_candidates = np.asarray(n_candidates, dtype=np.float64)
+    if len(n_candidates) == 0:
+        raise ValueError("recall@N needs at least one query")
+    return {int(n): float(np.mean(np.minimum(n, n_candidates) / n_candidates)) for n in cutoffs}

@@ -1,0 +1,266 @@
+"""Serving from pre-extracted item representations (paper §4.9.2).
+
+An item's representation `rep` (modality embeddings, attention fusion and the pooled invariant part) reads
+nothing of the user, so `export_item_representations` computes it once for every item. A
+`RepresentationScorer` then scores a request, one user's behaviour history and the candidate items, by
+looking representations up and running only the user side: behaviour properties, the APGRU over the
+history (once per request, shared by every candidate), candidate attention and the prediction MLP.
+
+    python -m marn.serve export [MODEL] [key=value ...] [--dir DIR]   # MODEL defaults to MARN
+    python -m marn.serve score  [MODEL] [key=value ...] [--dir DIR] < requests.jsonl
+
+`export` reads `<train.out_dir>/<MODEL>/model.pt` and writes to DIR (default `data/serving/<MODEL>/`):
+- `item_representations.npy`: float32 `N_items x hidden`, row = item index (docs/FORMATS.md);
+- `item_ids.parquet`: `item_idx:int32, asin:str`, the id map;
+- `manifest.json`: the model name, the SHA-256 of the model file, `max_len` and the sizes.
+`score` reads one JSON request a line, `{"history": [asin, ...], "candidates": [asin, ...]}` with optional
+`history_types` (ints), `history_times` (unix seconds) and `request_time`, and prints `{"scores": [...]}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from marn import ops
+from marn.config import ConfigError, load_config, resolve_path
+from marn.data.dataset import time_gap_bucket
+from marn.data.item_table import load_item_table
+from marn.models.marn import MARN
+from marn.models.persistence import ModelFileError, load_model
+from marn.models.registry import check_model_name, model_folder
+
+EXPORT_FORMAT = 1
+DEFAULT_MODEL = "MARN"
+DEFAULT_EXPORT_ROOT = "data/serving"
+REPRESENTATIONS_FILE, ID_MAP_FILE, MANIFEST_FILE = "item_representations.npy", "item_ids.parquet", "manifest.json"
+EXPORT_CHUNK_ITEMS = 1024  # items encoded at once: bounds the 4096-d image rows gathered per chunk
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """One user's behaviours, oldest first, and the items to score for them (item indices)."""
+
+    history_items: Sequence[int]
+    candidate_items: Sequence[int]
+    history_types: Sequence[int] | None = None  # behaviour type per history item; None: all 0 (review/click)
+    history_times: Sequence[int] | None = None  # unix seconds per history item; None: all in the last day
+    request_time: int | None = None  # unix seconds; required with history_times
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _require_marn(model, model_name: str) -> MARN:
+    if not isinstance(model, MARN):
+        raise ValueError(f"model {model_name!r} is a {type(model).__name__}, which has no item-only representation")
+    return model
+
+
+@torch.inference_mode()
+def item_representations(model: MARN, n_items: int) -> torch.Tensor:
+    """`rep` [n_items, hidden] of every item index, computed in eval mode (no adversarial losses)."""
+    model.eval()
+    chunks = [model.encode_items(torch.arange(start, min(start + EXPORT_CHUNK_ITEMS, n_items)))[0]
+              for start in range(0, n_items, EXPORT_CHUNK_ITEMS)]
+    return torch.cat(chunks).float()
+
+
+def export_item_representations(cfg, model_name: str, export_dir: Path) -> dict:
+    """Write the representations, the id map and the manifest of `<train.out_dir>/<model_name>/model.pt` to
+    `export_dir`; returns the manifest."""
+    check_model_name(model_name)
+    ops.configure(cfg.ops)
+    prepared_dir = resolve_path(cfg.data.prepared_dir)
+    model_path = model_folder(resolve_path(cfg.train.out_dir), model_name) / "model.pt"
+    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
+    model = _require_marn(load_model(model_path, model_name, table), model_name)
+    representations = item_representations(model, table.n_items)
+    ids = pq.read_table(prepared_dir / "items.parquet", columns=["item_idx", "asin"])
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    np.save(export_dir / REPRESENTATIONS_FILE, representations.numpy())
+    pq.write_table(pa.table({"item_idx": ids.column("item_idx").cast(pa.int32()), "asin": ids.column("asin")}),
+                   export_dir / ID_MAP_FILE)
+    manifest = {"format": EXPORT_FORMAT, "model_name": model_name, "model_sha256": file_sha256(model_path),
+                "n_items": table.n_items, "hidden": int(representations.shape[1]), "max_len": int(cfg.data.max_len)}
+    (export_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+class RepresentationScorer:
+    """Scores requests from stored item representations with the user side of a trained MARN."""
+
+    def __init__(self, model: MARN, representations: torch.Tensor, max_len: int, asins: Sequence[str] = ()):
+        if representations.dim() != 2 or representations.shape[1] != model.sequence.input_size:
+            raise ValueError(f"representations of shape {list(representations.shape)} do not fit the model's "
+                             f"representation size {model.sequence.input_size}")
+        if max_len < 1:
+            raise ValueError(f"max_len must be at least 1, got {max_len}")
+        self.model = model.eval()
+        self.representations = representations
+        self.max_len = max_len
+        self.item_index_of = {asin: index for index, asin in enumerate(asins)}
+
+    @property
+    def n_items(self) -> int:
+        return int(self.representations.shape[0])
+
+    def item_indices(self, asins: Sequence[str]) -> list[int]:
+        """Item indices of external item ids, through the exported id map."""
+        unknown = [a for a in asins if a not in self.item_index_of]
+        if unknown:
+            raise ValueError(f"items {unknown[:5]} are not in the exported id map ({len(unknown)} unknown)")
+        return [self.item_index_of[a] for a in asins]
+
+    def _checked_items(self, what: str, items: Sequence[int]) -> torch.Tensor:
+        tensor = torch.as_tensor(np.asarray(items, dtype=np.int64).reshape(-1))
+        outside = tensor[(tensor < 0) | (tensor >= self.n_items)]
+        if outside.numel():
+            raise ValueError(f"{what} item {int(outside[0])} is outside the {self.n_items} exported items")
+        return tensor
+
+    def _history(self, request: ScoringRequest) -> dict[str, torch.Tensor]:
+        """The history cut to the last `max_len` behaviours as a one-row batch, like `CTRDataset`'s."""
+        items = self._checked_items("history", request.history_items)[-self.max_len:]
+        length = int(items.shape[0])
+        width = max(length, 1)
+        types = np.zeros(length, np.int64)
+        if request.history_types is not None:
+            if len(request.history_types) != len(request.history_items):
+                raise ValueError(f"{len(request.history_types)} history_types for {len(request.history_items)} "
+                                 "history items")
+            types = np.asarray(request.history_types, np.int64)[-self.max_len:]
+        gaps = np.zeros(length, np.int64)
+        if request.history_times is not None:
+            if len(request.history_times) != len(request.history_items):
+                raise ValueError(f"{len(request.history_times)} history_times for {len(request.history_items)} "
+                                 "history items")
+            if request.request_time is None:
+                raise ValueError("history_times need the request_time they are measured from")
+            if self.model.behaviour_property is not None:
+                buckets = self.model.behaviour_property.gap_embedding.num_embeddings
+                times = np.asarray(request.history_times, np.int64)[-self.max_len:]
+                gaps = time_gap_bucket(int(request.request_time) - times, buckets)
+
+        def padded(values) -> torch.Tensor:
+            row = torch.zeros(1, width, dtype=torch.int64)
+            row[0, :length] = torch.as_tensor(values)
+            return row
+
+        return {"hist_items": padded(items), "hist_len": torch.tensor([length]),
+                "hist_mask": torch.arange(width)[None, :] < length, "hist_type": padded(types),
+                "hist_gap": padded(gaps)}
+
+    def request_batch(self, request: ScoringRequest) -> dict[str, torch.Tensor]:
+        """The request as the full model's batch: the history repeated for every candidate."""
+        candidates = self._checked_items("candidate", request.candidate_items)
+        history = self._history(request)
+        batch = {key: value.expand(len(candidates), *value.shape[1:]) for key, value in history.items()}
+        return {**batch, "target_item": candidates}
+
+    @torch.inference_mode()
+    def logits(self, request: ScoringRequest) -> torch.Tensor:
+        """Click logits [C] of the request's candidates, in their order."""
+        candidates = self._checked_items("candidate", request.candidate_items)
+        if candidates.numel() == 0:
+            raise ValueError("a request needs at least one candidate item")
+        history = self._history(request)
+        mask = history["hist_mask"]
+        history_rep = self.representations[history["hist_items"]] * mask.unsqueeze(-1)
+        properties = None
+        if self.model.behaviour_property is not None:
+            properties = self.model.behaviour_property(history["hist_type"], history["hist_gap"], mask)
+        states, _ = self.model.sequence(history_rep, properties, history["hist_len"])
+        candidate_rep = self.representations[candidates]
+        count = candidates.shape[0]
+        user_interest = self.model.candidate_attention(states.expand(count, -1, -1), candidate_rep,
+                                                       mask.expand(count, -1))
+        return self.model.prediction(torch.cat([user_interest, candidate_rep], dim=1)).squeeze(1)
+
+    def score(self, request: ScoringRequest) -> torch.Tensor:
+        """Click probabilities [C] of the request's candidates, in their order."""
+        return torch.sigmoid(self.logits(request))
+
+
+def load_scorer(cfg, model_name: str, export_dir: Path) -> RepresentationScorer:
+    """The scorer of `export_dir`, refusing an export of another model file than `<train.out_dir>/<model>/model.pt`."""
+    check_model_name(model_name)
+    ops.configure(cfg.ops)
+    manifest_path = export_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: run python -m marn.serve export {model_name} first")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise ModelFileError(f"{manifest_path} has format {manifest.get('format')!r}, expected {EXPORT_FORMAT}")
+    if manifest["model_name"] != model_name:
+        raise ModelFileError(f"{export_dir} holds model {manifest['model_name']!r}, not {model_name!r}")
+    model_path = model_folder(resolve_path(cfg.train.out_dir), model_name) / "model.pt"
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path} not found: train {model_name!r} first")
+    if file_sha256(model_path) != manifest["model_sha256"]:
+        raise ModelFileError(f"{export_dir} was exported from another {model_path}; "
+                             f"run python -m marn.serve export {model_name} again")
+    table = load_item_table(resolve_path(cfg.data.prepared_dir), resolve_path(cfg.features.dir))
+    model = _require_marn(load_model(model_path, model_name, table), model_name)
+    representations = torch.from_numpy(np.load(export_dir / REPRESENTATIONS_FILE))
+    asins = pq.read_table(export_dir / ID_MAP_FILE, columns=["asin"]).column("asin").to_pylist()
+    return RepresentationScorer(model, representations, int(manifest["max_len"]), asins)
+
+
+def _score_lines(scorer: RepresentationScorer, lines, out) -> None:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+            request = ScoringRequest(scorer.item_indices(fields["history"]), scorer.item_indices(fields["candidates"]),
+                                     fields.get("history_types"), fields.get("history_times"),
+                                     fields.get("request_time"))
+            out.write(json.dumps({"scores": scorer.score(request).tolist()}) + "\n")
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"request line {number}: {err!r}") from err
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m marn.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("export", "score"))
+    parser.add_argument("args", nargs="*", help="MODEL (default MARN), then key=value overrides of params.yaml")
+    parser.add_argument("--dir", type=Path, help="export folder (default data/serving/<MODEL>)")
+    options = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    has_model = bool(options.args) and "=" not in options.args[0]
+    model_name = options.args[0] if has_model else DEFAULT_MODEL
+    try:
+        cfg = load_config(options.args[1:] if has_model else options.args)
+        check_model_name(model_name)
+    except (ConfigError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    export_dir = options.dir or resolve_path(DEFAULT_EXPORT_ROOT) / model_name
+    try:
+        if options.command == "export":
+            manifest = export_item_representations(cfg, model_name, export_dir)
+            print(f"{manifest['n_items']} item representations of {model_name} written to {export_dir}")
+        else:
+            _score_lines(load_scorer(cfg, model_name, export_dir), sys.stdin, sys.stdout)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The report's analyses: Welch's t-test against scipy, recall@N against brute force, the report generator on
+fixed inputs, and the whole report stage on tiny data."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from scipy import special, stats
+
+from marn.analysis.cold_start import (
+    ColdStartQuery, clicked_item_ranks, cold_start_queries, random_recall_at, recall_at,
+)
+from marn.analysis.paper import best_baseline_test, load_paper_numbers
+from marn.analysis.report import write_report
+from marn.analysis.runs import lambda0_folder, lambda0_runs, seed_folder, seed_runs
+from marn.analysis.significance import regularized_incomplete_beta, spread, welch_t_test
+from marn.analysis.tables import render_report
+from marn.config import validate
+from marn.data.dataset import CTRDataset
+from marn.data.item_table import RESERVED_ENTRIES
+from marn.models.base import CTRModel
+from marn.train import train_model
+from tests.test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
+
+
+@pytest.mark.parametrize("first, second", [
+    ([0.712, 0.715, 0.709, 0.718, 0.711], [0.701, 0.707, 0.699, 0.703, 0.705]),
+    ([0.70, 0.71], [0.69, 0.72, 0.70, 0.68]),
+    ([0.5, 0.5, 0.5], [0.4, 0.6, 0.55]),
+    ([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]),
+])
+def test_welch_t_test_matches_scipy(first, second):
+    ours, theirs = welch_t_test(first, second), stats.ttest_ind(first, second, equal_var=False)
+    assert ours.t == pytest.approx(theirs.statistic, rel=1e-12, abs=1e-12)
+    assert ours.df == pytest.approx(theirs.df, rel=1e-12)
+    assert ours.p_value == pytest.approx(theirs.pvalue, rel=1e-10, abs=1e-14)
+
+
+def test_incomplete_beta_matches_scipy_on_both_sides_of_the_symmetry():
+    for x, a, b in itertools.product((1e-6, 0.2, 0.5, 0.9, 0.999), (0.5, 2.0, 37.5), (0.5, 3.0)):
+        assert regularized_incomplete_beta(x, a, b) == pytest.approx(special.betainc(a, b, x), rel=1e-11, abs=1e-15)
+
+
+@pytest.mark.parametrize("first, second, message", [
+    ([0.7], [0.6, 0.65], "at least 2 values per group; the first group has shape"),
+    ([0.7, 0.71], [0.6, float("nan")], "non-finite value in the second group"),
+    ([0.7, 0.7], [0.6, 0.6], "undefined when both groups are constant"),
+])
+def test_welch_t_test_names_what_is_wrong(first, second, message):
+    with pytest.raises(ValueError, match=message):
+        welch_t_test(first, second)
+
+
+def test_recall_at_n_matches_a_brute_force_ranking_with_ties_against_the_clicked_item():
+    rng = np.random.default_rng(3)
+    queries = [rng.integers(0, 6, size=int(rng.integers(2, 40))).astype(float) for _ in range(300)]
+    cutoffs = [1, 5, 10, 20, 1000]
+    ranks = np.array([1 + int((scores[1:] >= scores[0]).sum()) for scores in queries])
+    brute = {}
+    for n in cutoffs:
+        hits = []
+        for scores in queries:
+            # sort by score, the clicked item (index 0) after every candidate it ties with
+            order = sorted(range(len(scores)), key=lambda i: (-scores[i], i == 0))
+            hits.append(order.index(0) < n)
+        brute[n] = float(np.mean(hits))
+    assert recall_at(ranks, cutoffs) == brute
+
+
+def test_random_recall_is_the_mean_over_every_position_of_the_clicked_item():
+    sizes = np.array([3, 7, 50])
+    expected = {n: float(np.mean([np.mean(np.arange(1, c + 1) <= n) for c in sizes])) for n in (1, 5, 10, 100)}
+    assert random_recall_at(sizes, [1, 5, 10, 100]) == pytest.approx(expected)
+
+
+def test_recall_cutoffs_must_be_positive():
+    with pytest.raises(ValueError, match=r"analysis.recall_at must list cutoffs N >= 1, got \[0, 10\]"):
+        recall_at(np.array([1, 2]), [0, 10])
+
+
+class _ScoreTable(CTRModel):
+    """A model whose logit for a sample is a fixed score of its target item."""
+
+    def __init__(self, scores: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scores", scores)
+
+    def forward(self, batch, adversarial_weight=0.0):
+        logit = self.scores[batch["target_item"]]
+        return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": {}}
+
+
+def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_touched(tiny_data):  # noqa: F811
+    dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
+    queries = cold_start_queries(dataset, 0, np.random.default_rng(0))
+    samples = dataset.samples
+    expected_rows = np.flatnonzero((samples["label"] == 1) & dataset.item_cold[samples["item"]])
+    assert [q.sample for q in queries] == expected_rows.tolist() and queries
+    for query in queries:
+        user, clicked = int(samples["user"][query.sample]), int(samples["item"][query.sample])
+        touched = set(dataset.seq_items[dataset.offsets[user]:dataset.offsets[user + 1]].tolist())
+        assert query.candidates[0] == clicked and dataset.item_cold[clicked]
+        others = set(query.candidates[1:].tolist())
+        assert others == set(range(RESERVED_ENTRIES, len(dataset.item_cold))) - touched - {clicked}
+    drawn = cold_start_queries(dataset, 4, np.random.default_rng(0))
+    assert all(len(q.candidates) == min(4, len(full.candidates)) for q, full in zip(drawn, queries))
+    again = cold_start_queries(dataset, 4, np.random.default_rng(0))
+    assert all(np.array_equal(a.candidates, b.candidates) for a, b in zip(drawn, again))
+    with pytest.raises(ValueError, match="cold_start_candidates must be 0 \\(all\\) or at least 2, got 1"):
+        cold_start_queries(dataset, 1, np.random.default_rng(0))
+
+
+def test_clicked_item_ranks_score_every_candidate_with_the_model(tiny_data):  # noqa: F811
+    dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
+    scores = torch.from_numpy(np.random.default_rng(1).integers(0, 5, len(dataset.item_cold)).astype(np.float32))
+    queries = [ColdStartQuery(0, np.array([7, 3, 9, 12, 20])), ColdStartQuery(3, np.array([4, 5, 6]))]
+    ranks = clicked_item_ranks(_ScoreTable(scores), dataset, queries, batch_size=2)
+    expected = [1 + int((scores[q.candidates[1:]] >= scores[q.candidates[0]]).sum()) for q in queries]
+    assert ranks.tolist() == expected
+
+
+def _fixed_summary(user_auc: dict[str, list[float]]) -> dict:
+    return {
+        "dataset": "synthetic",
+        "runs": [{"seed": s, "lambda0": 0.05, "models_dir": f"models/seed-{s}"} for s in range(1, 6)],
+        "user_auc": {m: {**vars(spread(v)), "values": v} for m, v in user_auc.items()},
+        "significance": best_baseline_test(user_auc),
+        "popularity_auc": {"levels": [0, 1], "rows": {"MARN": [0.61, 0.70], "BaseModel+IDs": [0.55, None],
+                                                      "gap": [0.06, None]}},
+        "cold_start_recall": {"cutoffs": [10, 1000], "queries": 7, "mean_candidates": 180.0,
+                              "rows": {"MARN": [0.3, 1.0], "BaseModel+IDs": [0.1, 1.0], "RANDOM": [0.056, 1.0]}},
+        "lambda0": {"values": [], "user_auc": []},
+        "figures": {"fig6_losses": "figures/fig6_losses.png"},
+    }
+
+
+def test_report_generator_on_fixed_inputs_against_scipy():
+    user_auc = {"MARN": [0.712, 0.715, 0.709, 0.718, 0.711], "DIEN": [0.701, 0.707, 0.699, 0.703, 0.705],
+                "LR": [0.650, 0.652, 0.651, 0.649, 0.650], "BaseModel+IDs": [0.720, 0.690, 0.700, 0.710, 0.705]}
+    summary = _fixed_summary(user_auc)
+    assert summary["significance"]["baseline"] == "DIEN"  # the best Table 2 baseline, not the better ablation
+    markdown = render_report(summary)
+    scipy_p = stats.ttest_ind(user_auc["MARN"], user_auc["DIEN"], equal_var=False).pvalue
+    assert f"**p = {scipy_p:.3g}**" in markdown
+    mean, sd = np.mean(user_auc["MARN"]), np.std(user_auc["MARN"], ddof=1)
+    assert f"| MARN | {mean:.4f} ± {sd:.4f} (n=5) |" in markdown
+    assert "| gap | 0.0600 | — |" in markdown and "| RANDOM | 0.0560 | 1.0000 |" in markdown
+    assert "No number in this report is quoted from the paper" in markdown
+    assert "![fig6_losses](figures/fig6_losses.png)" in markdown
+    assert "train.seeds=[2,3,4,5]" in markdown and "analysis.lambda0_grid=[0.01,0.1,0.5,1.0,1.8]" in markdown
+    table3 = markdown.split("## Table 3")[1].split("## Table 4")[0]
+    assert "| BaseModel+IDs |" in table3 and "| DIEN |" not in table3
+
+
+def test_significance_falls_back_to_other_models_and_explains_a_missing_test():
+    fallback = best_baseline_test({"MARN": [0.7, 0.71], "BaseModel+IDs": [0.6, 0.62]})
+    assert fallback["baseline"] == "BaseModel+IDs" and fallback["chosen_from"] == "the other trained models"
+    one_run = best_baseline_test({"MARN": [0.7], "BaseModel+IDs": [0.6]})
+    assert "at least 2 values per group" in one_run["note"]
+    assert "not computed" in render_report({**_fixed_summary({"MARN": [0.7], "BaseModel+IDs": [0.6]}),
+                                           "significance": one_run})
+    assert best_baseline_test({"LR": [0.6, 0.61]}) == {"note": "MARN is not in train.models"}
+
+
+def test_paper_numbers_are_shown_as_quoted_and_checked(tmp_path):
+    path = tmp_path / "paper.yaml"
+    path.write_text("user_auc:\n  Amazon: {MARN: 0.8, DIEN: 0.79}\n")
+    markdown = render_report(_fixed_summary({"MARN": [0.7, 0.71]}), load_paper_numbers(path))
+    assert "| Model | user-AUC, synthetic (this implementation) | Amazon (quoted from the paper) |" in markdown
+    assert "| DIEN | — | 0.7900 |" in markdown
+    path.write_text("user_auc:\n  Amazon: {MARNN: 0.8}\n")
+    with pytest.raises(ValueError, match="user_auc.Amazon.MARNN is not a model of Tables 2-3"):
+        load_paper_numbers(path)
+    path.write_text("user_auc:\n  Amazon: {MARN: 80}\n")
+    with pytest.raises(ValueError, match="user_auc.Amazon.MARN = 80 is not an AUC"):
+        load_paper_numbers(path)
+
+
+def test_runs_pool_extra_seeds_and_lambda0_values_with_the_train_run(tmp_path):
+    train = OmegaConf.create({"seed": 1, "lambda0": 0.05, "seeds": [2, 1, 3, 2]})
+    assert [(r.seed, r.models_dir) for r in seed_runs(train, tmp_path)] == [
+        (1, tmp_path), (2, seed_folder(tmp_path, 2)), (3, seed_folder(tmp_path, 3))]
+    (tmp_path / "lambda0-1").mkdir()
+    (tmp_path / "lambda0-0.01").mkdir()
+    runs = lambda0_runs(train, [1.0, 0.05, 0.01], tmp_path)
+    assert [(r.lambda0, r.models_dir.name) for r in runs] == [(0.01, "lambda0-0.01"), (0.05, tmp_path.name),
+                                                              (1.0, "lambda0-1")]
+    with pytest.raises(FileNotFoundError, match="analysis.lambda0_grid value 0.5: run the lambda0 stage"):
+        lambda0_folder(tmp_path, 0.5)
+
+
+def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
+    base = tiny_config(epochs=1, seeds=[4])
+    cfg = validate(OmegaConf.merge(base, {"analysis": {"lambda0_grid": [0.5], "tsne_items": 12}}))
+    models = tmp_path / "models"
+    for name in ("BaseModel+IDs", "MARN"):
+        train_model(cfg, name, tiny_data.prepared_dir, tiny_data.features_dir, models)
+        train_model(tiny_config(epochs=1, seed=4), name, tiny_data.prepared_dir, tiny_data.features_dir,
+                    seed_folder(models, 4))
+    train_model(tiny_config(epochs=1, lambda0=0.5), "MARN", tiny_data.prepared_dir, tiny_data.features_dir,
+                models / "lambda0-0.5")
+
+    summary = write_report(cfg, tiny_data.prepared_dir, tiny_data.features_dir, models, tmp_path / "reports")
+    assert json.loads((tmp_path / "reports/paper_tables.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["user_auc"]["MARN"]["n"] == 2 and summary["significance"]["baseline"] == "BaseModel+IDs"
+    assert 0 <= summary["significance"]["p_value"] <= 1
+    assert summary["lambda0"]["values"] == [0.05, 0.5]
+    assert summary["lambda0"]["user_auc"][0] == summary["user_auc"]["MARN"]
+    assert set(summary["cold_start_recall"]["rows"]) == {"MARN", "BaseModel+IDs", "RANDOM"}
+    assert summary["popularity_auc"]["rows"].keys() == {"MARN", "BaseModel+IDs", "gap"}
+    assert sorted(p.name for p in (tmp_path / "reports/figures").iterdir()) == [
+        "fig5_tsne.png", "fig6_lambda0.png", "fig6_losses.png"]
+    markdown = (tmp_path / "reports/paper_tables.md").read_text()
+    for heading in ("Table 2", "Table 3", "Table 4", "Table 5", "Fig. 5", "Fig. 6"):
+        assert f"## {heading}" in markdown
+    assert write_report(cfg, tiny_data.prepared_dir, tiny_data.features_dir, models, tmp_path / "again") == summary

@@ -1,0 +1,121 @@
+"""Serving from exported item representations gives the full model's scores; bad requests are named."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from tests.test_distributed import use_params_file
+from tests.test_models_data import tiny_data  # noqa: F401  (tiny_data is a fixture)
+
+from marn.config import load_config
+from marn.data.dataset import CTRDataset
+from marn.models.persistence import ModelFileError
+from marn.serve import ScoringRequest, load_scorer, main
+from marn.train import train_model
+
+MAX_LEN, HIDDEN = 6, 16  # tiny_config's data.max_len and train.hidden
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_data, tmp_path_factory):  # noqa: F811
+    """A MARN trained for one epoch on the tiny data, exported with `python -m marn.serve export`."""
+    out_dir = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_params_file(tiny_data, out_dir, monkeypatch, epochs=1)
+        cfg = load_config(path=out_dir / "params.yaml")
+        train_model(cfg, "MARN", tiny_data.prepared_dir, tiny_data.features_dir, out_dir)
+        main(["export", "MARN", "--dir", str(out_dir / "export")])
+    return cfg, out_dir
+
+
+def _request_of_sample(dataset: CTRDataset, index: int, candidates) -> ScoringRequest:
+    """The history behind a prepared sample, as a client would send it."""
+    row = dataset.samples[index]
+    start = int(dataset.offsets[row["user"]])
+    end = start + int(row["pos"])
+    return ScoringRequest(dataset.seq_items[start:end].tolist(), candidates, dataset.seq_types[start:end].tolist(),
+                          dataset.seq_times[start:end].tolist(), int(dataset.seq_times[end]))
+
+
+def test_export_writes_every_item_with_its_id_map(tiny_data, exported):  # noqa: F811
+    _, out_dir = exported
+    export_dir = out_dir / "export"
+    representations = np.load(export_dir / "item_representations.npy")
+    assert representations.shape == (32, HIDDEN) and representations.dtype == np.float32
+    ids = pq.read_table(export_dir / "item_ids.parquet").to_pydict()
+    items = pq.read_table(tiny_data.prepared_dir / "items.parquet", columns=["item_idx", "asin"]).to_pydict()
+    assert ids == items
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert manifest["model_name"] == "MARN" and manifest["n_items"] == 32 and manifest["max_len"] == MAX_LEN
+
+
+def test_exported_representations_score_like_the_full_model(tiny_data, exported):  # noqa: F811
+    cfg, out_dir = exported
+    scorer = load_scorer(cfg, "MARN", out_dir / "export")
+    dataset = CTRDataset(tiny_data.prepared_dir, "test", MAX_LEN, 6)
+    lengths = dataset.samples["pos"]
+    # a history longer than max_len (cut to its end), a short one, and the other samples' targets as candidates
+    chosen = [int(np.argmax(lengths)), int(np.argmin(lengths)), 7, 8]
+    assert lengths[chosen[0]] > MAX_LEN
+    candidates = [1, *dataset.samples["item"][:20].tolist()]  # 1 = the out-of-vocabulary item
+    with torch.inference_mode():
+        for index in chosen:
+            request = _request_of_sample(dataset, index, candidates)
+            served = scorer.logits(request)
+            torch.testing.assert_close(served, scorer.model(scorer.request_batch(request))["logit"],
+                                       rtol=1e-5, atol=1e-5)
+            assert served.std() > 1e-3  # the candidates really get different scores
+            # the request rebuilds the prepared batch: cut, behaviour types and time gaps included
+            target = _request_of_sample(dataset, index, [int(dataset.samples["item"][index])])
+            torch.testing.assert_close(scorer.logits(target), scorer.model(dataset.__getitems__([index]))["logit"],
+                                       rtol=1e-5, atol=1e-5)
+        empty = ScoringRequest([], candidates)
+        torch.testing.assert_close(scorer.logits(empty), scorer.model(scorer.request_batch(empty))["logit"],
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("request_fields, message", [
+    ({"candidate_items": [32]}, "candidate item 32 is outside the 32 exported items"),
+    ({"history_items": [3, -1]}, "history item -1 is outside the 32 exported items"),
+    ({"candidate_items": []}, "a request needs at least one candidate item"),
+    ({"history_types": [0]}, "1 history_types for 2 history items"),
+    ({"history_times": [1, 2]}, "history_times need the request_time"),
+])
+def test_bad_requests_are_named(exported, request_fields, message):
+    cfg, out_dir = exported
+    scorer = load_scorer(cfg, "MARN", out_dir / "export")
+    request = ScoringRequest(**{"history_items": [3, 4], "candidate_items": [5], **request_fields})
+    with pytest.raises(ValueError, match=message):
+        scorer.score(request)
+    with pytest.raises(ValueError, match=r"items \['NOPE'\] are not in the exported id map"):
+        scorer.item_indices(["A00003", "NOPE"])
+
+
+def test_score_command_reads_json_lines(exported, monkeypatch, capsys):
+    cfg, out_dir = exported
+    scorer = load_scorer(cfg, "MARN", out_dir / "export")
+    line = {"history": ["A00004", "A00006"], "candidates": ["A00010", "A00011"], "history_types": [0, 1],
+            "history_times": [1_300_000_000, 1_300_500_000], "request_time": 1_301_000_000}
+    monkeypatch.setenv("MARN_PARAMS", str(out_dir / "params.yaml"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(line) + "\n"))
+    main(["score", "MARN", "--dir", str(out_dir / "export")])
+    scores = json.loads(capsys.readouterr().out)["scores"]
+    expected = scorer.score(ScoringRequest([4, 6], [10, 11], [0, 1], line["history_times"], line["request_time"]))
+    assert scores == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_export_of_another_model_file_is_refused(exported, tmp_path):
+    _, out_dir = exported
+    saved = torch.load(out_dir / "MARN" / "model.pt", weights_only=True)
+    first = next(iter(saved["state_dict"]))
+    saved["state_dict"][first] = saved["state_dict"][first] + 1  # as if MARN had been trained again
+    (tmp_path / "MARN").mkdir()
+    torch.save(saved, tmp_path / "MARN" / "model.pt")
+    retrained = load_config([f"train.out_dir={tmp_path}"], path=out_dir / "params.yaml")
+    with pytest.raises(ModelFileError, match="was exported from another .*model.pt; run python -m marn.serve export"):
+        load_scorer(retrained, "MARN", out_dir / "export")
