@@ -5,11 +5,13 @@
 
 Providers: `reference` (plain PyTorch), `cpp` / `cuda` / `triton` (marn.ops backends), `compile`
 (torch.compile of the reference), `gru` (torch.nn.GRU, APGRU's peer: oneDNN on CPU, cuDNN on GPU;
-it gets the same x, h0 and weights and no property). All sequences are full length. Each
-(op, shape, mode, provider) runs until it has --repeats timings or --budget seconds; p20/p50/p80 are
-over those runs. speedup = reference p50 / provider p50; vs_gru = provider p50 / nn.GRU p50. For
-the embedding forward, GB/s counts the bytes an ideal kernel must move (values in, vectors out), and
-a device-to-device copy row gives the bandwidth to compare it with.
+it gets the same x, h0 and weights and no property). All sequences are full length.
+
+Each (op, shape, mode) runs its providers in turns until each has --repeats timings or --budget
+seconds per provider have passed (at least 3 runs each); p20/p50/p80 are over those runs.
+speedup = reference p50 / provider p50; vs_gru = provider p50 / nn.GRU p50. For the embedding
+forward, GB/s counts the bytes an ideal kernel must move (values in, vectors out), and a
+device-to-device copy row gives the bandwidth to compare it with.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bins", nargs="+", type=int, default=[10, 100])
     parser.add_argument("--dim", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--budget", type=float, default=10.0, help="seconds of timed runs per row at most")
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds of timed runs per provider and row, at most")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
     parser.add_argument("--csv", type=Path, default=Path("reports/benchmarks/ops.csv"))
     args = parser.parse_args(argv)
@@ -64,22 +66,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn: Callable[[], object], device: torch.device, repeats: int, budget: float) -> tuple[float, list[float]]:
-    """First-call seconds (compilation included), then per-run milliseconds after two warm-up runs."""
+def timed(fn: Callable[[], object], device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
     fn()
     synchronize(device)
-    first_call = time.perf_counter() - start
-    fn()
-    runs: list[float] = []
+    return time.perf_counter() - start
+
+
+def measure(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, budget: float):
+    """Per provider: first-call seconds (compilation included) and per-run milliseconds.
+
+    Providers take turns run by run, so that load from other processes spreads over all of them.
+    """
+    first_call = {name: timed(fn, device) for name, fn in calls.items()}
+    for fn in calls.values():
+        fn()  # warm-up
+    runs: dict[str, list[float]] = {name: [] for name in calls}
     deadline = time.perf_counter() + budget
-    while len(runs) < repeats and (len(runs) < 3 or time.perf_counter() < deadline):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        runs.append((time.perf_counter() - start) * 1e3)
+    while any(len(r) < repeats for r in runs.values()) and (min(map(len, runs.values())) < 3 or time.perf_counter() < deadline):
+        for name, fn in calls.items():
+            runs[name].append(timed(fn, device) * 1e3)
     return first_call, runs
 
 
@@ -166,8 +173,8 @@ def copy_bandwidth(device: torch.device, repeats: int, budget: float) -> float:
     """GB/s of a device-to-device copy of 256 MiB (bytes read + bytes written)."""
     source = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
-    _, runs = measure(lambda: target.copy_(source), device, repeats, budget)
-    return 2 * source.numel() * 4 / (statistics.median(runs) * 1e-3) / 1e9
+    _, runs = measure({"copy": lambda: target.copy_(source)}, device, repeats, budget)
+    return 2 * source.numel() * 4 / (statistics.median(runs["copy"]) * 1e-3) / 1e9
 
 
 def machine(device: torch.device) -> str:
@@ -209,13 +216,14 @@ def measure_all(args: argparse.Namespace, device: torch.device, common: dict):
                 callables, ideal_bytes = embedding_callables(args, batch, device, args.providers)
                 shape = f"N={batch * args.time} K={args.statistics} bins={'/'.join(map(str, args.bins))} d={args.dim}"
             for mode in args.modes:
+                calls = {provider: make(mode == "fwd+bwd") for provider, make in callables.items()}
+                first_calls, runs = measure(calls, device, args.repeats, args.budget * len(calls))
                 results = {}
-                for provider, make in callables.items():
-                    first_call, runs = measure(make(mode == "fwd+bwd"), device, args.repeats, args.budget)
-                    p20, p50, p80 = (statistics.quantiles(runs, n=10)[i] for i in (1, 4, 7)) if len(runs) > 1 else runs * 3
+                for provider in calls:
+                    p20, p50, p80 = (statistics.quantiles(runs[provider], n=10)[i] for i in (1, 4, 7))
                     results[provider] = {"op": op, "provider": provider, "shape": shape, "mode": mode,
-                                         "p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "first_call_s": first_call,
-                                         "runs": len(runs), **common}
+                                         "p20_ms": p20, "p50_ms": p50, "p80_ms": p80,
+                                         "first_call_s": first_calls[provider], "runs": len(runs[provider]), **common}
                     if ideal_bytes is not None and mode == "fwd":
                         results[provider]["gb_per_s"] = ideal_bytes / (p50 * 1e-3) / 1e9
                     print(f"  {op} {shape} {mode} {provider}: p50 {p50:.3f} ms", file=sys.stderr, flush=True)

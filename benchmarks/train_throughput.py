@@ -10,10 +10,12 @@ train.batch_size training samples, built before timing; after a warm-up pass the
 one pass each per round, so the machine's load falls on all alike, and a provider's samples/s is the
 median over the rounds. Speeds are compared as ratios measured in one run, never as absolute seconds.
 
-DIEN (Zhou et al., 2019) is deepctr-torch's `DIEN` with the paper's AUGRU, fed the IDs MARN embeds
-(item, category, brand where present, at MARN's sizes) and MARN's prediction MLP sizes; one step is its
-`fit` loop body (summed log loss + regularisation + auxiliary loss, backward, optimizer step) without
-the DataLoader. It has no negative-sampled auxiliary loss, as MARN has none.
+DIEN (Zhou et al., 2019) is deepctr-torch's `DIEN` with the paper's AUGRU and MARN's prediction MLP sizes,
+fed the IDs MARN embeds (item, category, brand where present). Its GRUs are as wide as its concatenated
+ID embeddings, so these are sized to make them as wide as MARN's APGRU (train.hidden): category and brand
+at MARN's sizes, the item embedding the rest. One step is its `fit` loop body (summed log loss +
+regularisation + auxiliary loss, backward, optimizer step) without the DataLoader; it has no
+negative-sampled auxiliary loss, as MARN has none.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from marn.data.dataset import CTRDataset, make_loader
 from marn.data.item_table import ItemTable, load_item_table
 from marn.models.base import Architecture
 from marn.models.registry import build_model
-from marn.nn.modality_embedding import BRAND_DIM, CATEGORY_DIM, ITEM_ID_DIM
+from marn.nn.modality_embedding import BRAND_DIM, CATEGORY_DIM
 from marn.ops.backend import require_compiled
 from marn.train import adversarial_weight, make_optimizer, train_step
 
@@ -106,10 +108,14 @@ def dien_steps(cfg, table: ItemTable, batches: list[dict], device: torch.device
     from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
     from deepctr_torch.models import DIEN
 
-    max_len = int(cfg.data.max_len)
-    id_features = [("item", table.n_items, ITEM_ID_DIM), ("category", table.n_categories, CATEGORY_DIM)]
+    max_len, width = int(cfg.data.max_len), int(cfg.train.hidden)
+    id_features = [("category", table.n_categories, CATEGORY_DIM)]
     if table.has_brands:
         id_features.append(("brand", table.n_brands, BRAND_DIM))
+    item_dim = width - sum(dim for _, _, dim in id_features)
+    if item_dim < 1:
+        raise ValueError(f"train.hidden {width} leaves DIEN no item embedding beside category and brand")
+    id_features.insert(0, ("item", table.n_items, item_dim))
     columns = [SparseFeat(name, size, dim) for name, size, dim in id_features]
     columns += [VarLenSparseFeat(SparseFeat(f"hist_{name}", size, dim, embedding_name=name), maxlen=max_len,
                                  length_name="hist_len") for name, size, dim in id_features]
@@ -121,11 +127,11 @@ def dien_steps(cfg, table: ItemTable, batches: list[dict], device: torch.device
     optimizer = make_optimizer(str(cfg.train.optimizer), list(model.parameters()), float(cfg.train.lr))
     # item index -> the ID each feature embeds; row 0 (padding) maps to 0 in every vocabulary
     id_of = {"item": torch.arange(table.n_items), "category": table.category, "brand": table.brand}
-    width = max(end for _, end in model.feature_index.values())
+    n_columns = max(end for _, end in model.feature_index.values())
 
     def to_dien(batch: dict) -> dict:
         """deepctr-torch's input: one float matrix, each feature in its `feature_index` columns."""
-        inputs = torch.zeros(len(batch["target_item"]), width)
+        inputs = torch.zeros(len(batch["target_item"]), n_columns)
         history = torch.zeros(len(batch["target_item"]), max_len, dtype=torch.int64)
         history[:, :batch["hist_items"].shape[1]] = batch["hist_items"].cpu()
         values = {"hist_len": batch["hist_len"].cpu().unsqueeze(1)}
@@ -202,8 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         for column in columns:
             row.setdefault(column, "")
     settings = {"batch_size": int(cfg.train.batch_size), "batches": args.batches, "rounds": args.rounds,
-                "max_len": int(cfg.data.max_len), "hidden": int(cfg.train.hidden), "optimizer": str(cfg.train.optimizer),
-                "train_samples": len(dataset), "items": table.n_items}
+                "max_len": int(cfg.data.max_len), "hidden": int(cfg.train.hidden),
+                "optimizer": str(cfg.train.optimizer), "train_samples": len(dataset), "items": table.n_items}
     payload = {"settings": settings, "machine": machine_summary(device), "rows": rows,
                "samples_per_s_each_round": rates}
     save_results(args.out, payload)

@@ -17,7 +17,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/stack.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -315,8 +314,11 @@ apgru_sequence_backward(const at::Tensor& grad_out, const at::Tensor& grad_h_las
               "[batch, time, 4*hidden]");
 
   const int64_t rows = s.batch * s.time;
-  at::Tensor grad_input_gates = at::zeros({s.batch, s.time, 3 * s.hidden}, x.options());
-  at::Tensor grad_hidden_gates = at::zeros({s.batch, s.time, 3 * s.hidden}, x.options());
+  at::Tensor grad_input_gates = at::empty({s.batch, s.time, 3 * s.hidden}, x.options());
+  at::Tensor grad_hidden_gates = at::empty({s.batch, s.time, 3 * s.hidden}, x.options());
+  // The step kernels write every row of steps [0, s.steps); later steps carry no gradient.
+  grad_input_gates.narrow(1, s.steps, s.time - s.steps).zero_();
+  grad_hidden_gates.narrow(1, s.steps, s.time - s.steps).zero_();
   at::Tensor grad_h = grad_h_last.clone();
   GateBackwardStep step;
   step.grad_h_prev_direct = at::empty_like(grad_h);

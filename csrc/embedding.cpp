@@ -21,11 +21,9 @@
 namespace marn {
 
 namespace {
+
 constexpr const char* kLookup = "marn::multi_granularity_embedding";
 constexpr const char* kLookupBackward = "marn::multi_granularity_embedding_backward";
-}  // namespace
-
-namespace {
 
 // A CPU scan for CPU tensors; elsewhere ATen ops and one device-to-host read.
 bool sorted_without_nan(const at::Tensor& b) {
@@ -241,11 +239,11 @@ std::vector<at::Tensor> lookup_backward_cpu(const at::Tensor& grad_out, const at
         // Slot by slot, so that the inner loop over values keeps the slot's pointers in registers.
         for (int64_t slot = 0; slot < slots; ++slot) {
           const int64_t granularity = slot % granularities;
-          const int64_t table_rows = sizes[granularity];
+          const int64_t rows_in_table = sizes[granularity];
           scalar_t* table = partial_data + (c * total_rows + first_rows[granularity]) * dim;
           for (int64_t n = first_value; n < last_value; ++n) {
             const int64_t row = row_data[n * slots + slot];
-            check_row_in_range(row, granularity, table_rows);
+            check_row_in_range(row, granularity, rows_in_table);
             scalar_t* target = table + row * dim;
             const scalar_t* source = grad_data + (n * slots + slot) * dim;
             for (int64_t j = 0; j < dim; j += Vec::size()) {

@@ -159,9 +159,10 @@ class AnalysisConfig:
     seed: int = 0
     lambda0_grid: list[float] = field(default_factory=list)
     recall_at: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 1000])
+    cold_start_queries: int = 100
     cold_start_candidates: int = 1000
     tsne_model: str = "MARN"
-    tsne_items: int = 200
+    tsne_items: int = 100
     paper_numbers: Optional[str] = None
 
 

@@ -96,9 +96,9 @@ def replicate(model: nn.Module, ranks: Ranks) -> nn.Module:
     """The model as a DDP replica that averages gradients over the ranks; the model itself on one rank."""
     if not ranks.distributed:
         return model
-    # the buffers are item tables, equal on every rank and never updated: broadcasting them each step is waste
+    # the buffers are item tables, equal on every rank and never updated: syncing them each step is waste
     return DistributedDataParallel(model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   forward_sync_buffers=False)
 
 
 def sum_over_ranks(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 
 from marn import ops
 from marn.config import ConfigError, load_config, resolve_path
-from marn.data.dataset import time_gap_bucket
+from marn.data.dataset import CTRDataset, time_gap_bucket
 from marn.data.item_table import load_item_table
 from marn.models.marn import MARN
 from marn.models.persistence import ModelFileError, load_model
@@ -56,6 +56,15 @@ class ScoringRequest:
     history_types: Sequence[int] | None = None  # behaviour type per history item; None: all 0 (review/click)
     history_times: Sequence[int] | None = None  # unix seconds per history item; None: all in the last day
     request_time: int | None = None  # unix seconds; required with history_times
+
+
+def request_of_sample(dataset: CTRDataset, index: int, candidates: Sequence[int]) -> ScoringRequest:
+    """The behaviours before prepared sample `index` as a client would send them, to score `candidates`."""
+    row = dataset.samples[index]
+    start = int(dataset.offsets[row["user"]])
+    end = start + int(row["pos"])
+    return ScoringRequest(dataset.seq_items[start:end].tolist(), candidates, dataset.seq_types[start:end].tolist(),
+                          dataset.seq_times[start:end].tolist(), int(dataset.seq_times[end]))
 
 
 def file_sha256(path: Path) -> str:

@@ -11,9 +11,11 @@
 Under torchrun (`train.nproc` > 1, or `torchrun ... -m marn.train MODEL`) every rank runs `train_model`:
 `train.batch_size` is the global batch, each rank computes its part of it (`marn.distributed`), DDP
 averages the gradients and rank 0 writes every file. The CTR loss, a mean over samples, then has the
-gradient of one process on the same global batch; the discriminator losses of the adversarial models are
-means over the distinct items of a rank's part, so with several ranks they become the share-weighted mean
-of the parts' item means, which differs from the item mean of the whole batch where parts share items.
+gradient of one process on the same global batch. Two kinds of loss do not: the discriminator losses of
+the adversarial models are means over the distinct items of a rank's part, so with several ranks they
+become the share-weighted mean of the parts' item means, which differs from the item mean of the whole
+batch where parts share items; and DIEN's auxiliary loss averages over a part's behaviour pairs and draws
+its negatives from the rank's own random stream.
 """
 
 from __future__ import annotations
@@ -267,8 +269,9 @@ def _train_on_ranks(cfg, model_name: str, prepared_dir: Path, features_dir: Path
                 if state.step % int(train.checkpoint_every) == 0 and state.step < total_steps:
                     _save_checkpoint(checkpoint_path, fingerprint, model, optimizer, state, ranks)
     seconds = time.perf_counter() - started
-    log.info("%s: %d steps on %d ranks in %.1f s (%.2f steps/s)", model_name, state.step - first_step,
-             ranks.world_size, seconds, (state.step - first_step) / max(seconds, 1e-9))
+    if ranks.is_main:
+        log.info("%s: %d steps on %d ranks in %.1f s (%.2f steps/s)", model_name, state.step - first_step,
+                 ranks.world_size, seconds, (state.step - first_step) / max(seconds, 1e-9))
 
     metrics = {
         "model": model_name,

@@ -20,6 +20,7 @@ TINY_PARAMS = {
                  "word2vec": {"epochs": 1}},
     "train": {"epochs": 1, "hidden": 16, "embed_dim": 8, "title_filters": 4, "log_every": 5},
     "evaluate": {"batch_size": 64},
+    "abtest": {"max_users": 60, "days": 3, "requests_per_user": 2.0, "candidates": 8, "slate_size": 3},
 }
 
 

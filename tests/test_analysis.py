@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from scipy import special, stats
+from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
 from marn.analysis.cold_start import (
     ColdStartQuery, clicked_item_ranks, cold_start_queries, random_recall_at, recall_at,
@@ -25,7 +26,6 @@ from marn.data.dataset import CTRDataset
 from marn.data.item_table import RESERVED_ENTRIES
 from marn.models.base import CTRModel
 from marn.train import train_model
-from tests.test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
 
 @pytest.mark.parametrize("first, second", [
@@ -97,7 +97,7 @@ class _ScoreTable(CTRModel):
 
 def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_touched(tiny_data):  # noqa: F811
     dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
-    queries = cold_start_queries(dataset, 0, np.random.default_rng(0))
+    queries = cold_start_queries(dataset, 0, 0, np.random.default_rng(0))
     samples = dataset.samples
     expected_rows = np.flatnonzero((samples["label"] == 1) & dataset.item_cold[samples["item"]])
     assert [q.sample for q in queries] == expected_rows.tolist() and queries
@@ -107,12 +107,14 @@ def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_
         assert query.candidates[0] == clicked and dataset.item_cold[clicked]
         others = set(query.candidates[1:].tolist())
         assert others == set(range(RESERVED_ENTRIES, len(dataset.item_cold))) - touched - {clicked}
-    drawn = cold_start_queries(dataset, 4, np.random.default_rng(0))
+    drawn = cold_start_queries(dataset, 0, 4, np.random.default_rng(0))
     assert all(len(q.candidates) == min(4, len(full.candidates)) for q, full in zip(drawn, queries))
-    again = cold_start_queries(dataset, 4, np.random.default_rng(0))
+    again = cold_start_queries(dataset, 0, 4, np.random.default_rng(0))
     assert all(np.array_equal(a.candidates, b.candidates) for a, b in zip(drawn, again))
+    few = cold_start_queries(dataset, 2, 0, np.random.default_rng(0))
+    assert len(few) == 2 and {q.sample for q in few} <= {q.sample for q in queries}
     with pytest.raises(ValueError, match="cold_start_candidates must be 0 \\(all\\) or at least 2, got 1"):
-        cold_start_queries(dataset, 1, np.random.default_rng(0))
+        cold_start_queries(dataset, 0, 1, np.random.default_rng(0))
 
 
 def test_clicked_item_ranks_score_every_candidate_with_the_model(tiny_data):  # noqa: F811

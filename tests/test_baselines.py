@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from tests.test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
 from marn.analysis.paper import TABLE2_BASELINES
 from marn.data.dataset import CTRDataset

@@ -85,6 +85,7 @@ def test_empty_part_runs_one_sample_at_zero_share(data):
     assert share == 0 and batch["target_item"].shape == (1,)
 
 
+@pytest.mark.slow  # two torchrun processes: about 15 s on 2 busy cores
 def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(data, one_process, tmp_path, monkeypatch):
     expected_metrics, expected_dir = one_process
     _train_on_two_ranks(data, tmp_path, monkeypatch, SAMPLE_MEAN_MODEL, **RUN)
@@ -92,6 +93,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(data, one_p
     _assert_same_run(tmp_path / SAMPLE_MEAN_MODEL, expected_dir, metrics, expected_metrics)
 
 
+@pytest.mark.slow  # two torchrun processes: about 15 s on 2 busy cores
 def test_checkpoint_of_one_process_resumes_on_two_ranks(data, one_process, tmp_path, monkeypatch):
     expected_metrics, expected_dir = one_process
     _stop_optimizer_when(monkeypatch, lambda steps_done: steps_done == 17)  # in epoch 2, checkpoint at step 15

@@ -52,7 +52,7 @@ def test_same_seed_gives_the_same_model_and_metrics(tiny_data, tmp_path):  # noq
     first = _train(tiny_data, tmp_path / "a", epochs=1)
     second = _train(tiny_data, tmp_path / "b", epochs=1)
     assert first == second
-    torch.testing.assert_close(_state_dict(tmp_path / "a/marn/model.pt"), _state_dict(tmp_path / "b/marn/model.pt"),
+    torch.testing.assert_close(_state_dict(tmp_path / "a/MARN/model.pt"), _state_dict(tmp_path / "b/MARN/model.pt"),
                                rtol=0, atol=0)
 
 
@@ -89,7 +89,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, mon
     _stop_optimizer_when(monkeypatch, lambda steps_done: steps_done == steps_before_kill)
     with pytest.raises(_Killed):
         _train(tiny_data, tmp_path / "resumed", epochs=2, batch_size=64)
-    checkpoint = tmp_path / "resumed/marn/checkpoint.pt"
+    checkpoint = tmp_path / "resumed/MARN/checkpoint.pt"
     assert torch.load(checkpoint, weights_only=True)["state"]["step"] == 10
     monkeypatch.undo()
 
@@ -98,20 +98,20 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, mon
     assert not checkpoint.exists()
     for name in ("train_log.csv", "train_log.json", "train_metrics.json"):
         assert (tmp_path / "resumed/marn" / name).read_text() == (tmp_path / "whole/marn" / name).read_text()
-    torch.testing.assert_close(_state_dict(tmp_path / "resumed/marn/model.pt"),
-                               _state_dict(tmp_path / "whole/marn/model.pt"), rtol=0, atol=0)
+    torch.testing.assert_close(_state_dict(tmp_path / "resumed/MARN/model.pt"),
+                               _state_dict(tmp_path / "whole/MARN/model.pt"), rtol=0, atol=0)
 
 
 def test_checkpoint_of_another_model_or_config_is_refused(tiny_data, tmp_path, monkeypatch):  # noqa: F811
-    _stop_optimizer_when(monkeypatch, lambda steps_done: (tmp_path / "marn/checkpoint.pt").exists())
+    _stop_optimizer_when(monkeypatch, lambda steps_done: (tmp_path / "MARN/checkpoint.pt").exists())
     with pytest.raises(_Killed):
         _train(tiny_data, tmp_path, epochs=2)
     monkeypatch.undo()
 
     with pytest.raises(ModelFileError, match=r"another config \(lr: 0.1 -> 0.05\)"):
         _train(tiny_data, tmp_path, epochs=2, lr=0.05)
-    (tmp_path / "basemodel-maf-ddma").mkdir()
-    shutil.copy(tmp_path / "marn/checkpoint.pt", tmp_path / "basemodel-maf-ddma/checkpoint.pt")
+    (tmp_path / "BaseModel+MAF+DDMA").mkdir()
+    shutil.copy(tmp_path / "MARN/checkpoint.pt", tmp_path / "BaseModel+MAF+DDMA/checkpoint.pt")
     with pytest.raises(ModelFileError, match="is from model 'MARN', not 'BaseModel\\+MAF\\+DDMA'"):
         _train(tiny_data, tmp_path, "BaseModel+MAF+DDMA", epochs=2)
 

@@ -13,10 +13,11 @@ from marn.data.item_table import RESERVED_ENTRIES
 from marn.models.base import CTRModel
 
 PROTOCOL = (
-    "A query is a positive test sample whose target item is cold (in no training sample). Its candidates are "
+    "A query is a positive test sample whose target item is cold (in no training sample); "
+    "`analysis.cold_start_queries` of them are drawn uniformly (0: all) with seed `analysis.seed`. Its candidates are "
     "the clicked item and every item the user never interacted with (reserved indices excluded), drawn down to "
-    "`analysis.cold_start_candidates` - 1 of them (0: no limit), uniformly without replacement (seed "
-    "`analysis.seed`), when there are more. The model scores every candidate with the user's test history; the clicked item's rank "
+    "`analysis.cold_start_candidates` - 1 of them (0: no limit), uniformly without replacement, when there "
+    "are more. The model scores every candidate with the user's test history; the clicked item's rank "
     "counts the other candidates scoring at least as high (ties count against it). recall@N is the share of "
     "queries ranked within the top N, averaged over runs; RANDOM is the expected recall of a uniformly random "
     "order, min(N, C) / C for C candidates, averaged over queries. With N at or above the number of candidates "
@@ -30,14 +31,21 @@ class ColdStartQuery:
     candidates: np.ndarray  # item indices, the clicked item first
 
 
-def cold_start_queries(dataset: CTRDataset, max_candidates: int, rng: np.random.Generator) -> list[ColdStartQuery]:
-    """One query per positive test sample with a cold target; `max_candidates` 0 keeps every candidate."""
+def cold_start_queries(dataset: CTRDataset, max_queries: int, max_candidates: int, rng: np.random.Generator
+                       ) -> list[ColdStartQuery]:
+    """One query per positive test sample with a cold target, `max_queries` of them drawn when there are more;
+    0 keeps every query or every candidate."""
+    if max_queries < 0:
+        raise ValueError(f"analysis.cold_start_queries must be 0 (all) or more, got {max_queries}")
     if max_candidates < 0 or max_candidates == 1:
         raise ValueError(f"analysis.cold_start_candidates must be 0 (all) or at least 2, got {max_candidates}")
     samples = dataset.samples
     n_items = len(dataset.item_cold)
+    rows = np.flatnonzero((samples["label"] == 1) & dataset.item_cold[samples["item"]])
+    if max_queries and len(rows) > max_queries:
+        rows = np.sort(rng.choice(rows, size=max_queries, replace=False))
     queries = []
-    for row in np.flatnonzero((samples["label"] == 1) & dataset.item_cold[samples["item"]]):
+    for row in rows:
         user, clicked = int(samples["user"][row]), int(samples["item"][row])
         touched = dataset.seq_items[dataset.offsets[user]:dataset.offsets[user + 1]]
         others = np.setdiff1d(np.arange(RESERVED_ENTRIES, n_items), np.r_[touched, clicked])

@@ -1,4 +1,4 @@
-"""PNG figures of the report: Fig. 5 (t-SNE of item features) and Fig. 6 (losses over training, user-AUC over lambda0)."""
+"""The report's PNG figures: Fig. 5 (t-SNE of item features), Fig. 6 (losses in training, user-AUC over lambda0)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def plot_training_losses(log_rows: list[dict], model_name: str, path: Path) -> N
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(steps, [row["loss_total"] for row in log_rows], label="total loss")
     ax.plot(steps, [row["loss_adv"] for row in log_rows], label="adversarial loss")
-    ax.set(xlabel="training step", ylabel="mean loss over the logged interval", title=f"{model_name}: losses in training")
+    ax.set(xlabel="training step", ylabel="mean loss over the logged interval",
+           title=f"{model_name}: losses in training")
     weight_axis = ax.twinx()
     weight_axis.plot(steps, [row["lambda"] for row in log_rows], color="grey", linestyle=":", label="lambda")
     weight_axis.set_ylabel("adversarial weight lambda")

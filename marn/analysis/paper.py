@@ -54,7 +54,8 @@ def load_paper_numbers(path: str | Path) -> dict[str, dict[str, float]]:
             raise ValueError(f"{path}: user_auc.{dataset} must map model names to values")
         for model, value in per_model.items():
             if model not in known:
-                raise ValueError(f"{path}: user_auc.{dataset}.{model} is not a model of Tables 2-3 ({', '.join(known)})")
+                raise ValueError(f"{path}: user_auc.{dataset}.{model} is not a model of Tables 2-3 "
+                                 f"({', '.join(known)})")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{path}: user_auc.{dataset}.{model} = {value!r} is not an AUC in [0, 1]")
             numbers.setdefault(str(dataset), {})[str(model)] = float(value)

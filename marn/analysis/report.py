@@ -124,7 +124,8 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         _draw_tsne(cfg, table, models_root, figures["fig5_tsne"])
 
     runs = seed_runs(cfg.train, models_root)
-    queries = cold_start_queries(dataset, int(analysis.cold_start_candidates), np.random.default_rng(int(analysis.seed)))
+    queries = cold_start_queries(dataset, int(analysis.cold_start_queries), int(analysis.cold_start_candidates),
+                                 np.random.default_rng(int(analysis.seed)))
     user_auc: dict[str, list[float]] = {}
     popularity_rows: dict[str, list[list[dict]]] = {}
     ranks: dict[str, list[np.ndarray]] = {}

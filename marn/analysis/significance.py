@@ -58,7 +58,7 @@ def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
         raise ValueError(f"I_x(a, b) needs a, b > 0 and 0 <= x <= 1, got x={x}, a={a}, b={b}")
     if x in (0.0, 1.0):
         return x
-    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges on the other side of the symmetry I_x(a,b) = 1 - I_1-x(b,a)
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges past this point on the mirror side, I_1-x(b, a)
         return 1.0 - regularized_incomplete_beta(1.0 - x, b, a)
     log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     return math.exp(log_front) * _beta_continued_fraction(x, a, b) / a
@@ -69,7 +69,8 @@ def welch_t_test(first, second) -> WelchTest:
     groups = [np.asarray(values, dtype=np.float64) for values in (first, second)]
     for name, values in zip(("first", "second"), groups):
         if values.ndim != 1 or len(values) < 2:
-            raise ValueError(f"Welch's t-test needs at least 2 values per group; the {name} group has shape {values.shape}")
+            raise ValueError(f"Welch's t-test needs at least 2 values per group; "
+                             f"the {name} group has shape {values.shape}")
         if not np.isfinite(values).all():
             raise ValueError(f"Welch's t-test got a non-finite value in the {name} group: {values.tolist()}")
     (a, b) = groups

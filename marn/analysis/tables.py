@@ -69,7 +69,8 @@ def _popularity(table: dict | None) -> list[str]:
 
 def _cold_start(table: dict | None) -> list[str]:
     if table is None:
-        return [f"Needs {PROPOSED} and {UNIMODAL_BASE} in `train.models` and a test click on an item unseen in training."]
+        return [f"Needs {PROPOSED} and {UNIMODAL_BASE} in `train.models` and a test click on an item unseen "
+                "in training."]
     header = ["Model", *(f"@{n}" for n in table["cutoffs"])]
     rows = [[name, *(_number(v) for v in values)] for name, values in table["rows"].items()]
     return [f"Protocol: {COLD_START_PROTOCOL}", "",

@@ -48,7 +48,8 @@ class APGRU(nn.Module):
         lengths: torch.Tensor,
         h0: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, input_size], prop [B, T, property_size] (None when not use_property), lengths [B].
+        """x [B, T, input_size], prop [B, T, property_size] (ignored, may be None, without use_property),
+        lengths [B] (any device; moved to x.device).
 
         Returns out [B, T, hidden_size] (zero at padded steps) and h_last [B, hidden_size].
         """

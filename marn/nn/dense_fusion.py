@@ -27,7 +27,8 @@ class DenseMultimodalFusion(nn.Module):
 
     def forward(self, modality_embeddings: torch.Tensor) -> torch.Tensor:
         hidden, shared = modality_embeddings, None
-        for level, (modality_layer, from_modalities) in enumerate(zip(self.modality_layers, self.shared_from_modalities)):
+        levels = zip(self.modality_layers, self.shared_from_modalities)
+        for level, (modality_layer, from_modalities) in enumerate(levels):
             hidden = torch.relu(modality_layer(hidden))
             pre_activation = from_modalities(hidden.flatten(1))
             if shared is not None:

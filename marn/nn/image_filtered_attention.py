@@ -22,7 +22,7 @@ class ImageFilteredModalityAttention(nn.Module):
     def __init__(self, modalities: Sequence[str], in_dim: int, dim: int):
         super().__init__()
         if "image" not in modalities or len(modalities) < 2:
-            raise ValueError(f"the image filter needs the image and at least one other modality, got {list(modalities)}")
+            raise ValueError(f"the image filter needs the image and another modality, got {list(modalities)}")
         n_modalities = len(modalities)
         self.image_index = list(modalities).index("image")
         self.image_filter = nn.Linear((n_modalities - 1) * in_dim, in_dim)

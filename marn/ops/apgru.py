@@ -168,11 +168,12 @@ def apgru_sequence(
     Returns out [B,T,H] (zero at padded steps) and h_last [B,H] (the state after each row's last step;
     h0 for length 0). Differentiable in every float input.
     """
-    args = tuple(t.contiguous() for t in (x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh, weight_pz))
+    args = [t.contiguous() for t in (x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh, weight_pz)]
+    x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh, weight_pz = args
     namespace = backend.namespace_for(x.device)
     if namespace is None:
-        checks.check_apgru_sequence_args("apgru_sequence", *args[:6], args[8])
-        checks.check_apgru_biases("apgru_sequence", args[0], args[6], args[7], h0.shape[1])
+        checks.check_apgru_sequence_args("apgru_sequence", x, prop, lengths, h0, weight_ih, weight_hh, weight_pz)
+        checks.check_apgru_biases("apgru_sequence", x, bias_ih, bias_hh, h0.shape[1])
         return apgru_sequence_reference(*args)
     # The workspace (gates saved for backward) costs as much memory traffic as the gates themselves.
     save_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in args)

@@ -32,7 +32,6 @@ ERROR_LINES = 15
 class ExtensionStatus:
     loaded: bool
     has_cuda: bool
-    library: Path | None
     problem: str | None  # why nothing loaded, or why the CUDA kernels are missing
 
 
@@ -63,8 +62,8 @@ def cuda_toolkit() -> Path | None:
 def cpu_capability_flags() -> list[str]:
     """Compile the CPU kernels for the vector instruction set torch itself dispatches to here.
 
-    AVX-512 machines get AVX2 code: the kernels are memory-bound and AVX2 runs everywhere that
-    AVX-512 does. Without AVX2 the portable vector code is used.
+    AVX-512 machines get AVX2 code too (whether AVX-512 would pay for these kernels is unmeasured);
+    without AVX2 the portable vector code is used.
     """
     capability = torch.backends.cpu.get_cpu_capability()
     if capability in ("AVX2", "AVX512"):
@@ -72,15 +71,11 @@ def cpu_capability_flags() -> list[str]:
     return ["-DCPU_CAPABILITY=DEFAULT"]
 
 
-def _cuda_include_dirs() -> list[str]:
-    """ATen's CUDA headers include cuBLAS/cuSPARSE headers that pip wheels ship outside the toolkit."""
-    import nvidia  # noqa: PLC0415 - only present with the CUDA build of torch
-
-    return [str(Path(p) / "cu13" / "include") for p in nvidia.__path__ if (Path(p) / "cu13" / "include").is_dir()]
-
-
-def _compile_and_load(with_cuda: bool) -> Path:
-    from torch.utils import cpp_extension  # noqa: PLC0415 - reads CUDA_HOME when imported
+def _compile_and_load(with_cuda: bool) -> None:
+    toolkit = cuda_toolkit()
+    if toolkit is not None:
+        os.environ.setdefault("CUDA_HOME", str(toolkit))  # read when cpp_extension is first imported
+    from torch.utils import cpp_extension  # noqa: PLC0415
 
     cpu_flags = cpu_capability_flags()
     tag = cpu_flags[0].split("=")[1].lower()
@@ -89,56 +84,57 @@ def _compile_and_load(with_cuda: bool) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     sources = [str(CSRC / s) for s in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
     cuda_flags = ["-O3"]
-    include_dirs = [str(CSRC)]
     if with_cuda:
-        cpp_extension.CUDA_HOME = str(cuda_toolkit())  # torch's own guess trips over nvcc wrappers
+        cpp_extension.CUDA_HOME = str(toolkit)  # torch's own guess trips over nvcc wrappers
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             cuda_flags.append(FALLBACK_CUDA_ARCH)
-        include_dirs += _cuda_include_dirs()
     cpp_extension.load(
         name=name,
         sources=sources,
         extra_cflags=["-O3", "-fopenmp", *cpu_flags],
         extra_cuda_cflags=cuda_flags,
         extra_ldflags=["-fopenmp"],
-        extra_include_paths=include_dirs,
+        extra_include_paths=[str(CSRC)],
         build_directory=str(directory),
         is_python_module=False,
         verbose=False,
     )
-    return directory / f"{name}.so"
 
 
-def _short_reason(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return "\n".join((errors or lines)[-ERROR_LINES:]) or type(err).__name__
+def _build(with_cuda: bool) -> str | None:
+    """Build and load; None on success, else a short reason (the full log goes to the build folder)."""
+    try:
+        _compile_and_load(with_cuda)
+        return None
+    except Exception as err:  # a compiler error arrives as RuntimeError or CalledProcessError
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        errors = [line for line in lines if "error" in line.lower()]
+        reason = "\n".join((errors or lines)[-ERROR_LINES:]) or type(err).__name__
+        log = build_root() / f"build_error_{'cuda' if with_cuda else 'cpu'}.log"
+        try:
+            log.write_text(str(err))
+        except OSError:
+            return reason
+        return f"{reason}\n(full log: {log})"
 
 
 @functools.cache
 def load() -> ExtensionStatus:
     """Build (or reuse) and load the library once per process; warn once if it cannot be built."""
-    cuda_problem = None
+    cuda_failure = None
     if cuda_toolkit() is not None:
-        try:
-            return ExtensionStatus(True, True, _compile_and_load(with_cuda=True), None)
-        except Exception as err:  # a compiler error arrives as RuntimeError or CalledProcessError
-            cuda_problem = f"the CUDA kernels failed to build: {_short_reason(err)}"
-    elif torch.version.cuda is not None:
-        cuda_problem = "no CUDA toolkit found (set CUDA_HOME to a folder holding bin/nvcc)"
-    try:
-        library = _compile_and_load(with_cuda=False)
-    except Exception as err:
-        problem = f"the C++ kernels failed to build: {_short_reason(err)}"
-        if cuda_problem is not None and "failed to build" in cuda_problem:
-            problem = f"{cuda_problem}\nand {problem}"
-        warnings.warn(
-            f"marn.ops: {problem}\nThe plain-PyTorch reference ops run instead "
-            f"(build folder: {build_root()}).",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return ExtensionStatus(False, False, None, problem)
-    if cuda_problem is not None and "failed to build" in cuda_problem:
-        warnings.warn(f"marn.ops: {cuda_problem}\nOnly the CPU kernels are loaded.", RuntimeWarning, stacklevel=2)
-    return ExtensionStatus(True, False, library, cuda_problem)
+        cuda_failure = _build(with_cuda=True)
+        if cuda_failure is None:
+            return ExtensionStatus(True, True, None)
+        cuda_failure = f"the CUDA kernels failed to build: {cuda_failure}"
+    missing_cuda = None
+    if torch.version.cuda is not None and cuda_failure is None:
+        missing_cuda = "no CUDA toolkit found (set CUDA_HOME to a folder holding bin/nvcc)"
+    cpu_failure = _build(with_cuda=False)
+    if cpu_failure is not None:
+        problem = "\n".join(filter(None, [cuda_failure, f"the C++ kernels failed to build: {cpu_failure}"]))
+        warnings.warn(f"marn.ops: {problem}\nThe plain-PyTorch reference ops run instead.", RuntimeWarning, stacklevel=2)
+        return ExtensionStatus(False, False, problem)
+    if cuda_failure is not None:
+        warnings.warn(f"marn.ops: {cuda_failure}\nOnly the CPU kernels are loaded.", RuntimeWarning, stacklevel=2)
+    return ExtensionStatus(True, False, cuda_failure or missing_cuda)

@@ -16,7 +16,8 @@ import triton.language as tl
 
 from marn.ops import checks
 
-# The interpreter costs ~3 ms per program whatever its size, so it gets few, large blocks.
+# The interpreter costs ~3 ms per program whatever its size, so it gets few, large blocks; the GPU
+# block is a common default that no measurement here has tuned.
 BLOCK = 8192 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
 
 
@@ -227,11 +228,15 @@ def apgru_sequence_backward(
     checks.check_shape(op, "out", out, [batch, time, hidden], "[batch, time, hidden]")
     checks.check_shape(op, "workspace", workspace, [batch, time, 4 * hidden], "[batch, time, 4*hidden]")
     rows = batch * time
-    grad_input_gates = x.new_zeros(batch, time, 3 * hidden)
-    grad_hidden_gates = x.new_zeros(batch, time, 3 * hidden)
+    steps = int(lengths.max()) if batch else 0
+    grad_input_gates = x.new_empty(batch, time, 3 * hidden)
+    grad_hidden_gates = x.new_empty(batch, time, 3 * hidden)
+    # The step kernels write every row of steps [0, steps); later steps carry no gradient.
+    grad_input_gates[:, steps:].zero_()
+    grad_hidden_gates[:, steps:].zero_()
     grad_h = grad_h_last.clone()
     grad_direct = torch.empty_like(grad_h)
-    for t in range(int(lengths.max()) - 1 if batch else -1, -1, -1):
+    for t in range(steps - 1, -1, -1):
         # A step t < length[b] follows only valid steps, so h_{t-1} is the previous output.
         h_prev = h0 if t == 0 else out[:, t - 1]
         _gates_backward(

@@ -42,12 +42,12 @@ def encode_batch_items(encode: Callable[[torch.Tensor], torch.Tensor], batch: di
     return candidate, pad_history(history, mask)
 
 
-def prediction(logit: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None) -> dict:
+def ctr_outputs(logit: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None) -> dict:
     return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": aux_losses or {}}
 
 
 class ConcatenatedModalities(nn.Module):
-    """Items [N] -> the four modality embeddings concatenated [N, 4 * embed_dim]: MARN's features, fixed weights."""
+    """Items [N] -> the four modality embeddings concatenated [N, 4 * embed_dim] (a fixed weight per modality)."""
 
     def __init__(self, table: ItemTable, architecture: Architecture):
         super().__init__()
@@ -117,4 +117,4 @@ class AttentiveSequenceCTR(CTRModel):
         candidate, history = encode_batch_items(self.item_encoder, batch)
         states, _ = self.sequence(history, None, batch["hist_len"])
         user_interest = self.candidate_attention(states, candidate, batch["hist_mask"])
-        return prediction(self.prediction(torch.cat([user_interest, candidate], dim=1)).squeeze(1))
+        return ctr_outputs(self.prediction(torch.cat([user_interest, candidate], dim=1)).squeeze(1))

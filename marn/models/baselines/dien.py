@@ -8,7 +8,7 @@ from torch import nn
 
 from marn.data.item_table import RESERVED_ENTRIES, ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import ConcatenatedModalities, encode_distinct, pad_history, prediction
+from marn.models.baselines.common import ConcatenatedModalities, ctr_outputs, encode_distinct, pad_history
 from marn.nn.apgru import APGRU
 from marn.nn.augru import AUGRU
 from marn.nn.mlp import MLP
@@ -67,4 +67,4 @@ class DIEN(CTRModel):
             aux_losses["aux"] = AUX_LOSS_WEIGHT * auxiliary_loss(states, behaviours, negative[0], pairs)
         scores = (states * self.attention(candidate).unsqueeze(1)).sum(dim=2)
         interest = self.interest_evolution(states, masked_softmax(scores, mask, dim=1))
-        return prediction(self.prediction(torch.cat([interest, candidate], dim=1)).squeeze(1), aux_losses)
+        return ctr_outputs(self.prediction(torch.cat([interest, candidate], dim=1)).squeeze(1), aux_losses)

@@ -1,4 +1,4 @@
-"""DUPN (Ni et al., 2018, "Perceive Your Users in Depth"): an LSTM over behaviours and their properties, then attention."""
+"""DUPN (Ni et al., 2018, "Perceive Your Users in Depth"): an LSTM over behaviours and properties, then attention."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import ConcatenatedModalities, encode_batch_items, prediction
+from marn.models.baselines.common import ConcatenatedModalities, ctr_outputs, encode_batch_items
 from marn.nn.candidate_attention import CandidateAttention
 from marn.nn.mlp import MLP
 from marn.nn.modality_embedding import BehaviourPropertyEmbedding
@@ -40,4 +40,4 @@ class DUPN(CTRModel):
                                       enforce_sorted=False)
         states, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=mask.shape[1])
         user = self.attention(states, candidate, mask)
-        return prediction(self.prediction(torch.cat([user, candidate], dim=1)).squeeze(1))
+        return ctr_outputs(self.prediction(torch.cat([user, candidate], dim=1)).squeeze(1))

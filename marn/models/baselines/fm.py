@@ -7,7 +7,7 @@ from torch import nn
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import IdFields, prediction
+from marn.models.baselines.common import IdFields, ctr_outputs
 from marn.nn.interactions import factorization_machine_pairs
 
 FACTOR_INIT_STD = 0.01  # small factors keep the initial pairwise term near 0 (libFM starts at 0.1 with fewer factors)
@@ -26,4 +26,4 @@ class FM(CTRModel):
 
     def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
         linear = self.weights(batch).sum(dim=(1, 2))
-        return prediction(self.bias + linear + factorization_machine_pairs(self.factors(batch)))
+        return ctr_outputs(self.bias + linear + factorization_machine_pairs(self.factors(batch)))

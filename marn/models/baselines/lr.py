@@ -7,7 +7,7 @@ from torch import nn
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import IdFields, prediction
+from marn.models.baselines.common import IdFields, ctr_outputs
 
 
 class LR(CTRModel):
@@ -21,4 +21,4 @@ class LR(CTRModel):
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
-        return prediction(self.weights(batch).sum(dim=(1, 2)) + self.bias)
+        return ctr_outputs(self.weights(batch).sum(dim=(1, 2)) + self.bias)

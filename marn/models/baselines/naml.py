@@ -1,4 +1,4 @@
-"""NAML (Wu et al., 2019): an attentive multi-view item encoder, an attentive user encoder, a dot-product click score."""
+"""NAML (Wu et al., 2019): attentive multi-view item encoder, attentive user encoder, dot-product click score."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import nn
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import encode_batch_items, prediction
+from marn.models.baselines.common import ctr_outputs, encode_batch_items
 from marn.nn.fusion import PerModalityLinear
 from marn.nn.modality_embedding import MODALITIES, ModalityEmbedding
 from marn.nn.pooling import AdditiveAttentionPooling
@@ -46,4 +46,4 @@ class NAML(CTRModel):
     def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
         candidate, history = encode_batch_items(self.encode_items, batch)
         user, _ = self.user_attention(history, batch["hist_mask"])
-        return prediction((user * candidate).sum(dim=1) + self.bias)
+        return ctr_outputs((user * candidate).sum(dim=1) + self.bias)

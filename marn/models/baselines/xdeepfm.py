@@ -7,7 +7,7 @@ from torch import nn
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import encode_batch_items, prediction
+from marn.models.baselines.common import ctr_outputs, encode_batch_items
 from marn.nn.interactions import CompressedInteractionNetwork
 from marn.nn.mlp import MLP
 from marn.nn.modality_embedding import MODALITIES, ModalityEmbedding
@@ -38,4 +38,4 @@ class XDeepFM(CTRModel):
         fields = torch.cat([candidate, masked_mean(history, batch["hist_mask"])], dim=1)
         flat = fields.flatten(1)
         logit = self.linear(flat) + self.cin_output(self.cin(fields)) + self.dnn(flat)
-        return prediction(logit.squeeze(1))
+        return ctr_outputs(logit.squeeze(1))

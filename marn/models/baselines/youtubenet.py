@@ -6,7 +6,7 @@ import torch
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import ConcatenatedModalities, encode_batch_items, prediction
+from marn.models.baselines.common import ConcatenatedModalities, ctr_outputs, encode_batch_items
 from marn.nn.mlp import MLP
 from marn.nn.pooling import masked_mean
 
@@ -27,4 +27,4 @@ class YoutubeNet(CTRModel):
     def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
         candidate, history = encode_batch_items(self.items, batch)
         user = masked_mean(history, batch["hist_mask"])
-        return prediction(self.tower(torch.cat([user, candidate], dim=1)).squeeze(1))
+        return ctr_outputs(self.tower(torch.cat([user, candidate], dim=1)).squeeze(1))
