@@ -212,7 +212,7 @@ def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
     assert summary["user_auc"]["MARN"]["n"] == 2 and summary["significance"]["baseline"] == "BaseModel+IDs"
     assert 0 <= summary["significance"]["p_value"] <= 1
     assert summary["lambda0"]["values"] == [0.05, 0.5]
-    assert summary["lambda0"]["user_auc"][0] == summary["user_auc"]["MARN"]
+    assert summary["lambda0"]["user_auc"][0] == summary["user_auc"]["MARN"]["values"][0]
     assert set(summary["cold_start_recall"]["rows"]) == {"MARN", "BaseModel+IDs", "RANDOM"}
     assert summary["popularity_auc"]["rows"].keys() == {"MARN", "BaseModel+IDs", "gap"}
     assert sorted(p.name for p in (tmp_path / "reports/figures").iterdir()) == [

@@ -97,7 +97,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path, mon
     assert resumed == uninterrupted
     assert not checkpoint.exists()
     for name in ("train_log.csv", "train_log.json", "train_metrics.json"):
-        assert (tmp_path / "resumed/marn" / name).read_text() == (tmp_path / "whole/marn" / name).read_text()
+        assert (tmp_path / "resumed/MARN" / name).read_text() == (tmp_path / "whole/MARN" / name).read_text()
     torch.testing.assert_close(_state_dict(tmp_path / "resumed/MARN/model.pt"),
                                _state_dict(tmp_path / "whole/MARN/model.pt"), rtol=0, atol=0)
 

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from marn.analysis.significance import Spread
-
 
 def _pyplot():
     import matplotlib
@@ -51,19 +49,20 @@ def plot_training_losses(log_rows: list[dict], model_name: str, path: Path) -> N
     plt.close(fig)
 
 
-def plot_lambda0(user_auc: dict[float, Spread], path: Path) -> None:
-    """User-AUC (mean, with ± sd bars where several runs exist) over lambda0 on a log axis (symlog with 0)."""
+def plot_lambda0(user_auc: dict[float, float], path: Path) -> None:
+    """User-AUC over lambda0 on a log axis (symlog when lambda0 = 0 is among them), ticks at the values run."""
     plt = _pyplot()
     values = sorted(user_auc)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(values, [user_auc[v].mean for v in values], yerr=[user_auc[v].sd or 0.0 for v in values],
-                marker="o", capsize=3)
+    ax.plot(values, [user_auc[v] for v in values], marker="o")
     positive = [v for v in values if v > 0]
     if values[0] > 0:
         ax.set_xscale("log")
     elif positive:  # lambda0 = 0 (no adversarial loss) has no place on a log axis
         ax.set_xscale("symlog", linthresh=positive[0])
-    ax.set(xlabel="lambda0", ylabel="user-AUC", title="MARN: user-AUC over lambda0")
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.minorticks_off()
+    ax.set(xlabel="lambda0", ylabel="user-AUC", title="MARN: user-AUC over lambda0 (one run each)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

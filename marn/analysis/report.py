@@ -137,12 +137,12 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
                 popularity_rows.setdefault(name, []).append(popularity_auc(predictions))
                 ranks.setdefault(name, []).append(clicked_item_ranks(model, dataset, queries, batch_size))
 
-    lambda0_auc: dict[float, list[float]] = {}
+    lambda0_auc: dict[float, float] = {}  # every lambda0 run has seed train.seed, so the curve compares like with like
     for run in lambda0_runs(cfg.train, analysis.lambda0_grid, models_root):
         if run.lambda0 != float(cfg.train.lambda0):
-            lambda0_auc[run.lambda0] = [_user_auc(_evaluate(LAMBDA0_MODEL, run, table, dataset, batch_size)[1])]
-        elif LAMBDA0_MODEL in user_auc:  # the train stage's run, already evaluated with every seed
-            lambda0_auc[run.lambda0] = user_auc[LAMBDA0_MODEL]
+            lambda0_auc[run.lambda0] = _user_auc(_evaluate(LAMBDA0_MODEL, run, table, dataset, batch_size)[1])
+        elif LAMBDA0_MODEL in user_auc:  # the train stage's run, evaluated above as the first seed run
+            lambda0_auc[run.lambda0] = user_auc[LAMBDA0_MODEL][0]
 
     if PROPOSED in model_names:
         figures["fig6_losses"] = figures_dir / "fig6_losses.png"
@@ -150,7 +150,7 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         plot_training_losses(log_rows, PROPOSED, figures["fig6_losses"])
     if len(lambda0_auc) >= 2:
         figures["fig6_lambda0"] = figures_dir / "fig6_lambda0.png"
-        plot_lambda0({value: spread(values) for value, values in lambda0_auc.items()}, figures["fig6_lambda0"])
+        plot_lambda0(lambda0_auc, figures["fig6_lambda0"])
     return {
         "dataset": _dataset_label(cfg.data),
         "runs": [{"seed": run.seed, "lambda0": run.lambda0, "models_dir": str(run.models_dir)} for run in runs],
@@ -158,8 +158,7 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         "significance": best_baseline_test(user_auc),
         "popularity_auc": _popularity_table(popularity_rows),
         "cold_start_recall": _cold_start_table(ranks, np.array([len(q.candidates) for q in queries]), cutoffs),
-        "lambda0": {"values": sorted(lambda0_auc),
-                    "user_auc": [_spread_entry(lambda0_auc[value]) for value in sorted(lambda0_auc)]},
+        "lambda0": {"values": sorted(lambda0_auc), "user_auc": [lambda0_auc[value] for value in sorted(lambda0_auc)]},
         "figures": {key: f"{FIGURES}/{path.name}" for key, path in figures.items()},
     }
 

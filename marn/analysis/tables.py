@@ -108,8 +108,8 @@ def render_report(summary: dict, paper_numbers: dict[str, dict[str, float]] | No
         *_figure(summary, "fig5_tsne", "Not drawn: `analysis.tsne_model` is not in `train.models`."), "",
         "## Fig. 6: losses over training and user-AUC over lambda0", "",
         *_figure(summary, "fig6_losses", f"Not drawn: {PROPOSED} is not in `train.models`."), "",
-        *(_table(["lambda0", f"{PROPOSED} user-AUC"],
-                 [[f"{v:g}", format_spread(e)] for v, e in zip(lambda0["values"], lambda0["user_auc"])])
+        *(_table(["lambda0", f"{PROPOSED} user-AUC, seed {summary['runs'][0]['seed']}"],
+                 [[f"{v:g}", _number(auc)] for v, auc in zip(lambda0["values"], lambda0["user_auc"])])
           if lambda0["values"] else []), "",
         *_figure(summary, "fig6_lambda0", "The user-AUC-over-lambda0 curve needs `analysis.lambda0_grid` "
                  f"(the paper's: `-S 'analysis.lambda0_grid=[{','.join(map(str, PAPER_LAMBDA0_GRID))}]'`)."), "",

@@ -2,8 +2,8 @@
 
 The library registers the `marn::` ops (schemas, CPU and, where built, CUDA kernels). It is built
 once per source/flag change into `$MARN_BUILD_DIR` (default `<project>/.build`). CUDA kernels are
-compiled wherever the torch build has CUDA and a toolkit (nvcc) is found, even without a GPU, so a
-CPU-only machine still checks that the `.cu` sources compile. A build that fails leaves the
+compiled where a GPU is visible (or with MARN_BUILD_CUDA=1, which the tests set to check that the
+`.cu` sources compile on a machine without one). A build that fails leaves the
 callers on the plain-PyTorch reference after one warning saying why.
 """
 
@@ -21,6 +21,7 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CSRC = PROJECT_ROOT / "csrc"
 BUILD_DIR_ENV = "MARN_BUILD_DIR"
+BUILD_CUDA_ENV = "MARN_BUILD_CUDA"
 CPU_SOURCES = ("schema.cpp", "apgru.cpp", "embedding.cpp")
 CUDA_SOURCES = ("cuda_ops.cpp", "apgru_kernels.cu", "embedding_kernels.cu")
 # Without a visible GPU torch cannot pick an architecture; Hopper is the GPU this project is lent.
@@ -118,18 +119,24 @@ def _build(with_cuda: bool) -> str | None:
         return f"{reason}\n(full log: {log})"
 
 
+def cuda_wanted() -> bool:
+    """CUDA kernels are built where a GPU can run them, or with MARN_BUILD_CUDA=1 to check that they compile."""
+    return torch.cuda.is_available() or os.environ.get(BUILD_CUDA_ENV) == "1"
+
+
 @functools.cache
 def load() -> ExtensionStatus:
     """Build (or reuse) and load the library once per process; warn once if it cannot be built."""
-    cuda_failure = None
-    if cuda_toolkit() is not None:
+    cuda_failure = missing_cuda = None
+    if not cuda_wanted():
+        missing_cuda = f"no GPU visible, so no CUDA kernels built ({BUILD_CUDA_ENV}=1 builds them anyway)"
+    elif cuda_toolkit() is None:
+        missing_cuda = "no CUDA toolkit found (set CUDA_HOME to a folder holding bin/nvcc)"
+    else:
         cuda_failure = _build(with_cuda=True)
         if cuda_failure is None:
             return ExtensionStatus(True, True, None)
         cuda_failure = f"the CUDA kernels failed to build: {cuda_failure}"
-    missing_cuda = None
-    if torch.version.cuda is not None and cuda_failure is None:
-        missing_cuda = "no CUDA toolkit found (set CUDA_HOME to a folder holding bin/nvcc)"
     cpu_failure = _build(with_cuda=False)
     if cpu_failure is not None:
         problem = "\n".join(filter(None, [cuda_failure, f"the C++ kernels failed to build: {cpu_failure}"]))
