@@ -95,7 +95,7 @@ def test_evaluate_models_writes_metrics_popularity_auc_and_attention(tiny_data, 
     assert {row["modality"] for row in attention} == {"ids", "image", "title", "statistics"}
     assert {row["category"] for row in attention} <= {"Cables", "Cameras", "Headphones"}
     assert all(row["attention_norm"] > 0 for row in attention)
-    for png in ("popularity_auc.png", "modality_attention_marn.png"):
+    for png in ("popularity_auc.png", "modality_attention_MARN.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="train 'BaseModel\\+MAF'"):
         evaluate_models(cfg, ["BaseModel+MAF"], tiny_data.prepared_dir, tiny_data.features_dir, tmp_path / "models",
