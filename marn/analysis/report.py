@@ -11,6 +11,7 @@ split, and MARN in every lambda0 run, then writes into `analysis.out_dir`:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         plot_lambda0(lambda0_auc, figures["fig6_lambda0"])
     return {
         "dataset": _dataset_label(cfg.data),
-        "runs": [{"seed": run.seed, "lambda0": run.lambda0, "models_dir": str(run.models_dir)} for run in runs],
+        "runs": [{"seed": run.seed, "lambda0": run.lambda0, "models_dir": os.path.relpath(run.models_dir)} for run in runs],
         "user_auc": {name: _spread_entry(values) for name, values in user_auc.items()},
         "significance": best_baseline_test(user_auc),
         "popularity_auc": _popularity_table(popularity_rows),

@@ -174,7 +174,9 @@ def _leaf_category(record: dict) -> str:
     return str(main) if isinstance(main, str) else ""
 
 
-def _image_ref(record: dict, meta_dir: Path) -> str:
+def _image_ref(record: dict) -> str:
+    """The item's image as the metadata names it: a URL, an absolute path, or a path relative to the raw folder
+    (kept relative, so prepared data does not depend on where the project lives)."""
     ref = record.get("imUrl")
     if not ref:
         for key in ("imageURLHighRes", "imageURL", "image"):  # 2018 lists
@@ -185,12 +187,7 @@ def _image_ref(record: dict, meta_dir: Path) -> str:
             if isinstance(value, str) and value:
                 ref = value
                 break
-    if not isinstance(ref, str) or not ref.strip():
-        return ""
-    ref = ref.strip()
-    if "://" in ref or Path(ref).is_absolute():
-        return ref
-    return str((meta_dir / ref).resolve())  # the synthetic generator references images relative to its meta
+    return ref.strip() if isinstance(ref, str) else ""
 
 
 def _number(value) -> float:
@@ -245,7 +242,7 @@ def read_meta(path: Path, wanted_asins: set[str], skips: SkipLog, max_bad_share:
             title=title if isinstance(title, str) else "",
             category=_leaf_category(record),
             brand=brand.strip() if isinstance(brand, str) else "",
-            image_ref=_image_ref(record, path.parent),
+            image_ref=_image_ref(record),
             price=stats["price"],
             sales_rank=stats["sales_rank"],
         )

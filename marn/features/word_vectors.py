@@ -12,7 +12,6 @@ rows are the title words the source knows, most frequent first.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib
 import logging
@@ -24,9 +23,11 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
+
+from marn.data.amazon import open_text
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +196,6 @@ def extract_vectors_member(archive: Path, target_dir: Path, dim: int) -> Path:
         return destination
 
 
-def open_vectors_text(path: Path) -> IO[str]:
-    """A plain or gzip-compressed text file (told apart by magic bytes, not by name)."""
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, "rt", encoding="utf-8", errors="replace")
-
-
 def read_glove(path: Path, wanted: set[str], dim: int) -> dict[str, np.ndarray]:
     """Vectors of the `wanted` words from a GloVe text file (`word v1 ... vD` a line).
 
@@ -213,7 +205,7 @@ def read_glove(path: Path, wanted: set[str], dim: int) -> dict[str, np.ndarray]:
     """
     found: dict[str, np.ndarray] = {}
     file_dim = None
-    with open_vectors_text(path) as lines:
+    with open_text(path) as lines:
         for line_no, line in enumerate(lines, start=1):
             line = line.rstrip("\n").rstrip(" ")
             if not line:

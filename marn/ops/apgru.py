@@ -140,12 +140,7 @@ def _register(namespace: str) -> None:
 @functools.cache
 def library(namespace: str):
     """torch.ops.<namespace> with this op's fake kernels and autograd registered (marn or marn_triton)."""
-    if namespace == backend.TRITON_NAMESPACE:
-        from marn.ops import triton_apgru  # noqa: F401, PLC0415 - defines the ops; imports Triton only when asked
-    else:
-        backend.require_compiled()
-    _register(namespace)
-    return getattr(torch.ops, namespace)
+    return backend.op_library(namespace, "marn.ops.triton_apgru", _register)
 
 
 # ---- public functions ----

@@ -10,9 +10,10 @@ If the extension cannot be built, `auto`, `cpp` and `cuda` run the reference aft
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -70,6 +71,17 @@ def require_compiled() -> None:
     status = extension.load()
     if not status.loaded:
         raise RuntimeError(f"marn.ops: the compiled ops are not available: {status.problem}")
+
+
+def op_library(namespace: str, triton_module: str, register: Callable[[str], None]):
+    """torch.ops.<namespace> once its kernels exist (the compiled library, or the Triton module that defines
+    them; Triton is imported only when asked) and `register(namespace)` added fake kernels and autograd."""
+    if namespace == TRITON_NAMESPACE:
+        importlib.import_module(triton_module)
+    else:
+        require_compiled()
+    register(namespace)
+    return getattr(torch.ops, namespace)
 
 
 def namespace_for(device: torch.device) -> str | None:
