@@ -11,7 +11,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
-from marn.config import ConfigError, load_config  # noqa: E402
+from marn.config import load_config  # noqa: E402
 
 
 def config_from(overrides: list[str] | None):
@@ -39,6 +39,6 @@ def main(stage_flow: Callable, check: Callable | None = None) -> None:
         cfg = config_from(overrides)
         if check is not None:
             check(cfg)
-    except (ConfigError, ValueError) as err:
+    except ValueError as err:  # marn.config.ConfigError is a ValueError
         sys.exit(f"error: {err}")
     stage_flow(overrides=overrides)

@@ -191,16 +191,10 @@ class RepresentationScorer:
             raise ValueError("a request needs at least one candidate item")
         history = self._history(request)
         mask = history["hist_mask"]
-        history_rep = self.representations[history["hist_items"]] * mask.unsqueeze(-1)
-        properties = None
-        if self.model.behaviour_property is not None:
-            properties = self.model.behaviour_property(history["hist_type"], history["hist_gap"], mask)
-        states, _ = self.model.sequence(history_rep, properties, history["hist_len"])
-        candidate_rep = self.representations[candidates]
+        states = self.model.read_history(self.representations[history["hist_items"]] * mask.unsqueeze(-1), history)
         count = candidates.shape[0]
-        user_interest = self.model.candidate_attention(states.expand(count, -1, -1), candidate_rep,
-                                                       mask.expand(count, -1))
-        return self.model.prediction(torch.cat([user_interest, candidate_rep], dim=1)).squeeze(1)
+        return self.model.click_logit(states.expand(count, -1, -1), self.representations[candidates],
+                                      mask.expand(count, -1))
 
     def score(self, request: ScoringRequest) -> torch.Tensor:
         """Click probabilities [C] of the request's candidates, in their order."""

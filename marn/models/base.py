@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -55,3 +56,29 @@ class CTRModel(nn.Module):
     def modality_attention(self, items: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """{modality: atten^m [N, D]} of the given items, for models with attention over modalities; else None."""
         return None
+
+
+def encode_distinct(encode: Callable[[torch.Tensor], torch.Tensor], *item_sets: torch.Tensor) -> list[torch.Tensor]:
+    """encode(items [N]) -> [N, ...] run once on the distinct items of the 1-D `item_sets` (histories repeat
+    items); returns one [len(set), ...] tensor per set."""
+    distinct, position = torch.unique(torch.cat(item_sets), return_inverse=True)
+    return list(encode(distinct)[position].split([len(items) for items in item_sets]))
+
+
+def pad_history(valid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Representations of the valid history steps [n_valid, ...] placed into [B, L, ...], zero at padding."""
+    padded = valid.new_zeros(*mask.shape, *valid.shape[1:])
+    padded[mask] = valid
+    return padded
+
+
+def encode_batch_items(encode: Callable[[torch.Tensor], torch.Tensor], batch: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate [B, ...] and history [B, L, ...] representations; padded history steps are never encoded."""
+    mask = batch["hist_mask"]
+    candidate, history = encode_distinct(encode, batch["target_item"], batch["hist_items"][mask])
+    return candidate, pad_history(history, mask)
+
+
+def ctr_outputs(logit: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None) -> dict:
+    return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": aux_losses or {}}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from marn.data.item_table import ItemTable
-from marn.models.base import Architecture, CTRModel
+from marn.models.base import Architecture, CTRModel, ctr_outputs, pad_history
 from marn.nn.adversarial import CrossModalAdversary, DoubleDiscriminatorAdversary
 from marn.nn.apgru import APGRU
 from marn.nn.candidate_attention import CandidateAttention
@@ -83,17 +83,23 @@ class MARN(CTRModel):
         return {m: attention[:, i] for i, m in enumerate(self.variant.modalities)}
 
     def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
-        target, history, mask = batch["target_item"], batch["hist_items"], batch["hist_mask"]
-        batch_size = target.shape[0]
-        distinct, position = torch.unique(torch.cat([target, history[mask]]), return_inverse=True)
+        target, mask = batch["target_item"], batch["hist_mask"]
+        # Encoded once per distinct item (histories repeat items); the adversarial losses come from the same pass.
+        distinct, position = torch.unique(torch.cat([target, batch["hist_items"][mask]]), return_inverse=True)
         representations, aux_losses = self.encode_items(distinct, adversarial_weight)
-        candidate = representations[position[:batch_size]]
-        history_rep = representations.new_zeros(*history.shape, representations.shape[1])
-        history_rep[mask] = representations[position[batch_size:]]
+        candidate, history = representations[position[:len(target)]], representations[position[len(target):]]
+        states = self.read_history(pad_history(history, mask), batch)
+        return ctr_outputs(self.click_logit(states, candidate, mask), aux_losses)
+
+    def read_history(self, history_rep: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """GRU/APGRU states [B, L, H] over the history representations [B, L, H] of `batch`'s behaviours."""
         properties = None
         if self.behaviour_property is not None:
-            properties = self.behaviour_property(batch["hist_type"], batch["hist_gap"], mask)
+            properties = self.behaviour_property(batch["hist_type"], batch["hist_gap"], batch["hist_mask"])
         states, _ = self.sequence(history_rep, properties, batch["hist_len"])
+        return states
+
+    def click_logit(self, states: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logit [B] of each candidate [B, H] given the history states [B, L, H] (candidate attention, then MLP)."""
         user_interest = self.candidate_attention(states, candidate, mask)
-        logit = self.prediction(torch.cat([user_interest, candidate], dim=1)).squeeze(1)
-        return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": aux_losses}
+        return self.prediction(torch.cat([user_interest, candidate], dim=1)).squeeze(1)

@@ -1,4 +1,4 @@
-"""What the baselines share: item encoding of a batch, the ID fields of LR/FM and the BaseModel sequence reader.
+"""What the baselines share: the ID fields of LR/FM, the modality encoders and the BaseModel sequence reader.
 
 Every baseline except LR and FM reads the same item features as MARN (paper §4.2): the four modality
 embeddings e^m of `marn.nn.modality_embedding` (IDs, VGG16 image, title CNN, statistics).
@@ -6,44 +6,16 @@ embeddings e^m of `marn.nn.modality_embedding` (IDs, VGG16 image, title CNN, sta
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from marn.data.item_table import ItemTable
-from marn.models.base import Architecture, CTRModel
+from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
 from marn.nn.apgru import APGRU
 from marn.nn.candidate_attention import CandidateAttention
 from marn.nn.mlp import MLP
 from marn.nn.modality_embedding import MODALITIES, ModalityEmbedding
 from marn.nn.pooling import masked_mean
-
-
-def encode_distinct(encode: Callable[[torch.Tensor], torch.Tensor], *item_sets: torch.Tensor) -> list[torch.Tensor]:
-    """encode(items [N]) -> [N, ...] run once on the distinct items of the 1-D `item_sets` (histories repeat
-    items); returns one [len(set), ...] tensor per set."""
-    distinct, position = torch.unique(torch.cat(item_sets), return_inverse=True)
-    return list(encode(distinct)[position].split([len(items) for items in item_sets]))
-
-
-def pad_history(valid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Representations of the valid history steps [n_valid, ...] placed into [B, L, ...], zero at padding."""
-    padded = valid.new_zeros(*mask.shape, *valid.shape[1:])
-    padded[mask] = valid
-    return padded
-
-
-def encode_batch_items(encode: Callable[[torch.Tensor], torch.Tensor], batch: dict[str, torch.Tensor]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate [B, ...] and history [B, L, ...] representations; padded history steps are never encoded."""
-    mask = batch["hist_mask"]
-    candidate, history = encode_distinct(encode, batch["target_item"], batch["hist_items"][mask])
-    return candidate, pad_history(history, mask)
-
-
-def ctr_outputs(logit: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None) -> dict:
-    return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": aux_losses or {}}
 
 
 class ConcatenatedModalities(nn.Module):

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from marn.data.item_table import RESERVED_ENTRIES, ItemTable
-from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import ConcatenatedModalities, ctr_outputs, encode_distinct, pad_history
+from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_distinct, pad_history
+from marn.models.baselines.common import ConcatenatedModalities
 from marn.nn.apgru import APGRU
 from marn.nn.augru import AUGRU
 from marn.nn.mlp import MLP

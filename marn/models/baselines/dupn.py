@@ -7,8 +7,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from marn.data.item_table import ItemTable
-from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import ConcatenatedModalities, ctr_outputs, encode_batch_items
+from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
+from marn.models.baselines.common import ConcatenatedModalities
 from marn.nn.candidate_attention import CandidateAttention
 from marn.nn.mlp import MLP
 from marn.nn.modality_embedding import BehaviourPropertyEmbedding

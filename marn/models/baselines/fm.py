@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from marn.data.item_table import ItemTable
-from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import IdFields, ctr_outputs
+from marn.models.base import Architecture, CTRModel, ctr_outputs
+from marn.models.baselines.common import IdFields
 from marn.nn.interactions import factorization_machine_pairs
 
 FACTOR_INIT_STD = 0.01  # small factors keep the initial pairwise term near 0 (libFM starts at 0.1 with fewer factors)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from marn.data.item_table import ItemTable
-from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import IdFields, ctr_outputs
+from marn.models.base import Architecture, CTRModel, ctr_outputs
+from marn.models.baselines.common import IdFields
 
 
 class LR(CTRModel):

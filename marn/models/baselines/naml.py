@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from marn.data.item_table import ItemTable
-from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import ctr_outputs, encode_batch_items
+from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
 from marn.nn.fusion import PerModalityLinear
 from marn.nn.modality_embedding import MODALITIES, ModalityEmbedding
 from marn.nn.pooling import AdditiveAttentionPooling

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from marn.data.item_table import ItemTable
-from marn.models.base import Architecture, CTRModel
-from marn.models.baselines.common import ConcatenatedModalities, ctr_outputs, encode_batch_items
+from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
+from marn.models.baselines.common import ConcatenatedModalities
 from marn.nn.mlp import MLP
 from marn.nn.pooling import masked_mean
 
