@@ -16,7 +16,7 @@ from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is
 from marn.analysis.cold_start import (
     ColdStartQuery, clicked_item_ranks, cold_start_queries, random_recall_at, recall_at,
 )
-from marn.analysis.paper import best_baseline_test, load_paper_numbers
+from marn.analysis.paper import DEFAULT_PAPER_NUMBERS, best_baseline_test, load_paper_numbers
 from marn.analysis.report import write_report
 from marn.analysis.runs import lambda0_folder, lambda0_runs, seed_folder, seed_runs
 from marn.analysis.significance import regularized_incomplete_beta, spread, welch_t_test
@@ -175,12 +175,34 @@ def test_paper_numbers_are_shown_as_quoted_and_checked(tmp_path):
     markdown = render_report(_fixed_summary({"MARN": [0.7, 0.71]}), load_paper_numbers(path))
     assert "| Model | user-AUC, synthetic (this implementation) | Amazon (quoted from the paper) |" in markdown
     assert "| DIEN | — | 0.7900 |" in markdown
-    path.write_text("user_auc:\n  Amazon: {MARNN: 0.8}\n")
-    with pytest.raises(ValueError, match="user_auc.Amazon.MARNN is not a model of Tables 2-3"):
-        load_paper_numbers(path)
-    path.write_text("user_auc:\n  Amazon: {MARN: 80}\n")
-    with pytest.raises(ValueError, match="user_auc.Amazon.MARN = 80 is not an AUC"):
-        load_paper_numbers(path)
+    for content, message in [
+        ("user_auc:\n  Amazon: {MARNN: 0.8}\n", "user_auc.Amazon.MARNN is not a model of Tables 2-3"),
+        ("user_auc:\n  Amazon: {MARN: 80}\n", "user_auc.Amazon.MARN = 80 is not an AUC"),
+        ("user_auc: {A: {MARN: 0.8}}\npopularity_auc: {A: {MARN: [0.7, 0.7]}}\n",
+         "popularity_auc.A.MARN must be a list of 10 values"),
+        ("user_auc: {A: {MARN: 0.8}}\nrecall_at_n: {A: {n: [10, 20], MARN: [0.1]}}\n",
+         "recall_at_n.A.MARN must be a list of 2 values"),
+        ("user_auc: {A: {MARN: 0.8}}\nrecall_at_n: {A: {n: [0], MARN: [0.1]}}\n", "n must be a list of positive"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            load_paper_numbers(path)
+
+
+def test_default_paper_numbers_are_the_papers_tables_and_shown_in_tables_2_to_5():
+    paper = load_paper_numbers(DEFAULT_PAPER_NUMBERS)
+    assert set(paper.user_auc) == {"Electronics", "Clothing", "Taobao"}
+    assert paper.user_auc["Electronics"]["MARN"] == 0.8034 and paper.user_auc["Taobao"]["BaseModel+IDs"] == 0.7295
+    assert paper.popularity_auc["Taobao"]["MARN"][0] == 0.716
+    assert paper.recall_at_n["Taobao"]["n"][-1] == 1000 and paper.recall_at_n["Taobao"]["MARN"][0] == 0.0695
+    assert paper.best_lambda0 == 0.05
+    markdown = render_report(_fixed_summary({"MARN": [0.7, 0.71]}), paper)
+    table4 = markdown.split("## Table 4")[1].split("## Table 5")[0]
+    assert "Taobao (quoted from the paper):" in table4 and "| MARN | 0.7160 | 0.7120 |" in table4
+    table5 = markdown.split("## Table 5")[1].split("## Fig. 5")[0]
+    assert "| RANDOM | 0.0001 | 0.0001 |" in table5 and "| @10 | @20 |" in table5
+    assert "The paper's best lambda0 (Fig. 6b, quoted from the paper): 0.05." in markdown
+    assert "| MARN | 0.7050 ± 0.0071 (n=2) | 0.8034 | 0.7909 | 0.7486 |" in markdown
 
 
 def test_runs_pool_extra_seeds_and_lambda0_values_with_the_train_run(tmp_path):

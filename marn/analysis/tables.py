@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from marn.analysis.cold_start import PROTOCOL as COLD_START_PROTOCOL
-from marn.analysis.paper import PROPOSED, TABLE2_BASELINES, TABLE3_ABLATIONS, UNIMODAL_BASE
+from marn.analysis.paper import PROPOSED, TABLE2_BASELINES, TABLE3_ABLATIONS, UNIMODAL_BASE, PaperNumbers
 
 PAPER_LAMBDA0_GRID = (0.01, 0.1, 0.5, 1.0, 1.8)  # Fig. 6 with train.lambda0 = 0.05 from the train stage
 PAPER_SEEDS = (2, 3, 4, 5)  # with train.seed = 1: five runs per model
@@ -13,11 +13,12 @@ PAPER_SET_COMMAND = (
     "-S 'analysis.lambda0_grid=[" + ",".join(map(str, PAPER_LAMBDA0_GRID)) + "]'"
 )
 NOT_QUOTED = (
-    "No number in this report is quoted from the paper: its tables were not at hand when the report was "
-    "written and numbers recalled from memory could not be checked, so they are left out. To show them beside "
-    "these results, give a YAML or JSON file `user_auc: {<dataset>: {<model>: <value>}}` as "
-    "`analysis.paper_numbers`; its columns are then headed \"(quoted from the paper)\"."
+    "No number in this report is quoted from the paper (`analysis.paper_numbers` is null). Its default, "
+    "`marn/analysis/paper_numbers.yaml`, holds the paper's Tables 2-5 and shows them beside these results."
 )
+QUOTED = ("Numbers headed \"(quoted from the paper)\" are the paper's own, copied from its tables into "
+          "`analysis.paper_numbers`; every other number is computed here. The paper's datasets are not this "
+          "report's, so compare orderings and gaps, not levels.")
 MISSING = "—"
 
 
@@ -58,24 +59,38 @@ def _significance(test: dict) -> list[str]:
             f"**p = {test['p_value']:.3g}**."]
 
 
-def _popularity(table: dict | None) -> list[str]:
+def _quoted_rows(per_dataset: dict[str, dict[str, list[float]]], header_of, skip: str | None = None) -> list[str]:
+    """One table per dataset of the paper's rows (Tables 4-5), headed as quoted."""
+    lines = []
+    for dataset, rows in per_dataset.items():
+        values = {name: row for name, row in rows.items() if name != skip}
+        lines += ["", f"{dataset} (quoted from the paper):", "",
+                  *_table(header_of(rows), [[name, *(_number(v) for v in row)] for name, row in values.items()])]
+    return lines
+
+
+def _popularity(table: dict | None, paper_rows: dict[str, dict[str, list[float]]]) -> list[str]:
+    quoted = _quoted_rows(paper_rows, lambda rows: ["Model", *(f"level {level}" for level in
+                                                              range(len(next(iter(rows.values())))))])
     if table is None:
-        return [f"Needs {PROPOSED} and {UNIMODAL_BASE} in `train.models`."]
+        return [f"Needs {PROPOSED} and {UNIMODAL_BASE} in `train.models`.", *quoted]
     header = ["Model", *(f"level {level}" for level in table["levels"])]
     rows = [[name, *(_number(v) for v in values)] for name, values in table["rows"].items()]
     return [f"Global AUC of the test samples whose target item is at each popularity level (0 = least popular, "
-            f"by training clicks), mean over runs; gap = {PROPOSED} − {UNIMODAL_BASE}.", "", *_table(header, rows)]
+            f"by training clicks), mean over runs; gap = {PROPOSED} − {UNIMODAL_BASE}.", "", *_table(header, rows),
+            *quoted]
 
 
-def _cold_start(table: dict | None) -> list[str]:
+def _cold_start(table: dict | None, paper_rows: dict[str, dict[str, list[float]]]) -> list[str]:
+    quoted = _quoted_rows(paper_rows, lambda rows: ["Model", *(f"@{n}" for n in rows["n"])], skip="n")
     if table is None:
         return [f"Needs {PROPOSED} and {UNIMODAL_BASE} in `train.models` and a test click on an item unseen "
-                "in training."]
+                "in training.", *quoted]
     header = ["Model", *(f"@{n}" for n in table["cutoffs"])]
     rows = [[name, *(_number(v) for v in values)] for name, values in table["rows"].items()]
     return [f"Protocol: {COLD_START_PROTOCOL}", "",
             f"{table['queries']} queries, {table['mean_candidates']:.1f} candidates per query on average.", "",
-            *_table(header, rows)]
+            *_table(header, rows), *quoted]
 
 
 def _figure(summary: dict, key: str, missing: str) -> list[str]:
@@ -83,27 +98,28 @@ def _figure(summary: dict, key: str, missing: str) -> list[str]:
     return [f"![{key}]({path})"] if path else [missing]
 
 
-def render_report(summary: dict, paper_numbers: dict[str, dict[str, float]] | None = None) -> str:
-    """The markdown report. `summary` is what `marn.analysis.report.build_report` returns; `paper_numbers`
-    is {dataset: {model: user-AUC}} quoted from the paper, or None."""
-    paper_numbers = paper_numbers or {}
+def render_report(summary: dict, paper: PaperNumbers | None = None) -> str:
+    """The markdown report. `summary` is what `marn.analysis.report.build_report` returns; `paper` holds the
+    numbers quoted from the paper (`marn.analysis.paper.load_paper_numbers`), or None."""
+    paper_numbers = paper.user_auc if paper else {}
+    best_lambda0 = (f"The paper's best lambda0 (Fig. 6b, quoted from the paper): {paper.best_lambda0:g}."
+                    if paper and paper.best_lambda0 is not None else "")
     seeds = ", ".join(str(run["seed"]) for run in summary["runs"])
     lambda0 = summary["lambda0"]
     lines = [
         f"# MARN (Li et al., WWW 2020): the paper's tables on {summary['dataset']}", "",
         f"Generated by the `report` stage from models trained with seeds {seeds} ({len(summary['runs'])} run(s) per "
         "model); user-AUC is eq. 11 on the test split. Do not edit: `dvc repro` rewrites it.", "",
-        ("Numbers headed \"(quoted from the paper)\" come from `analysis.paper_numbers`; every other number is "
-         "computed here." if paper_numbers else NOT_QUOTED), "",
+        QUOTED if paper else NOT_QUOTED, "",
         "## Table 2: user-AUC of the baselines and MARN", "",
         *_user_auc_table((*TABLE2_BASELINES, PROPOSED), summary, paper_numbers), "",
         *_significance(summary["significance"]), "",
         "## Table 3: user-AUC of the ablations", "",
         *_user_auc_table((*TABLE3_ABLATIONS, PROPOSED), summary, paper_numbers), "",
         f"## Table 4: AUC per item popularity level, {PROPOSED} vs {UNIMODAL_BASE}", "",
-        *_popularity(summary["popularity_auc"]), "",
+        *_popularity(summary["popularity_auc"], paper.popularity_auc if paper else {}), "",
         f"## Table 5: cold-start click recall@N, {PROPOSED} vs {UNIMODAL_BASE} vs RANDOM", "",
-        *_cold_start(summary["cold_start_recall"]), "",
+        *_cold_start(summary["cold_start_recall"], paper.recall_at_n if paper else {}), "",
         "## Fig. 5: t-SNE of modality-specific and modality-invariant item features", "",
         *_figure(summary, "fig5_tsne", "Not drawn: `analysis.tsne_model` is not in `train.models`."), "",
         "## Fig. 6: losses over training and user-AUC over lambda0", "",
@@ -113,6 +129,7 @@ def render_report(summary: dict, paper_numbers: dict[str, dict[str, float]] | No
           if lambda0["values"] else []), "",
         *_figure(summary, "fig6_lambda0", "The user-AUC-over-lambda0 curve needs `analysis.lambda0_grid` "
                  f"(the paper's: `-S 'analysis.lambda0_grid=[{','.join(map(str, PAPER_LAMBDA0_GRID))}]'`)."), "",
+        best_lambda0, "",
         "## Reproducing the paper set", "",
         "Every baseline and ablation, five seeds, and the lambda0 sweep, as one DVC experiment (long on a CPU):", "",
         f"    {PAPER_SET_COMMAND}", "",
