@@ -2,13 +2,18 @@
 MARN with the reference ops, and DIEN from the peer library deepctr-torch, on the same prepared batches.
 
     pip install -e '.[peers]'                                # deepctr-torch, for the DIEN row only
-    python benchmarks/train_throughput.py [--batches 20] [--rounds 3] [key=value ...]
+    python benchmarks/train_throughput.py [--batch-sizes 32 256] [--lengths real full] [--batches 20]
+        [--rounds 3] [key=value ...]
 
-The key=value overrides go to params.yaml, as for the stages (e.g. train.batch_size=256). Every provider
-steps the same optimizer (train.optimizer, train.lr) over the same --batches global batches of
-train.batch_size training samples, built before timing; after a warm-up pass the providers take turns,
-one pass each per round, so the machine's load falls on all alike, and a provider's samples/s is the
-median over the rounds. Speeds are compared as ratios measured in one run, never as absolute seconds.
+The key=value overrides go to params.yaml, as for the stages. For each batch size and each length case,
+every provider steps the same optimizer (train.optimizer, train.lr) over the same --batches global batches,
+built before timing; after a warm-up pass the providers take turns, one pass each per round, so the
+machine's load falls on all alike, and a provider's samples/s is the median over the rounds. Speeds are
+compared as ratios measured in one run, never as absolute seconds; flush-denormal is set for all.
+
+Length cases: `real` draws the batches in the train stage's seeded order, so history lengths follow the
+prepared data's distribution; `full` draws them (seeded, with replacement) from the training samples whose
+history fills data.max_len, so every step runs the whole recurrence.
 
 DIEN (Zhou et al., 2019) is deepctr-torch's `DIEN` with the paper's AUGRU and MARN's prediction MLP sizes,
 fed the IDs MARN embeds (item, category, brand where present). Its GRUs are as wide as its concatenated
@@ -29,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +55,10 @@ MODEL = "MARN"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of params.yaml")
-    parser.add_argument("--batches", type=int, default=20, help="distinct global batches, built before timing")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="global batch sizes; default train.batch_size")
+    parser.add_argument("--lengths", nargs="+", default=["real", "full"], choices=["real", "full"],
+                        help="history lengths: the prepared data's (real) or all data.max_len (full)")
+    parser.add_argument("--batches", type=int, default=20, help="global batches per case, built before timing")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the batches per provider")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = train.num_threads")
@@ -57,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         choices=["marn-fused", "marn-reference", "deepctr-dien"])
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "train_throughput.json")
     args = parser.parse_args(argv)
-    if args.batches < 1 or args.rounds < 1:
-        parser.error(f"--batches and --rounds must be at least 1, got {args.batches} and {args.rounds}")
+    if args.batches < 1 or args.rounds < 1 or min(args.batch_sizes or [1]) < 1:
+        parser.error(f"--batches, --rounds and --batch-sizes must be at least 1, got {args.batches}, "
+                     f"{args.rounds} and {args.batch_sizes}")
     return args
 
 
@@ -154,31 +164,30 @@ def dien_steps(cfg, table: ItemTable, batches: list[dict], device: torch.device
     return step, [to_dien(batch) for batch in batches]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    cfg = load_config(args.overrides)
-    torch.set_num_threads(args.threads or int(cfg.train.num_threads) or torch.get_num_threads())
-    torch.set_flush_denormal(True)  # for every provider alike: denormal floats would slow some and not others
-    device = torch.device(args.device)
+def index_batches(dataset: CTRDataset, batch_size: int, lengths: str, count: int, seed: int) -> list[list[int]]:
+    """`count` batches of sample indices: the train stage's seeded order (real) or full histories only (full)."""
+    if lengths == "real":
+        loader = make_loader(dataset, batch_size, shuffle=True, seed=seed)
+        return [indices for _, indices in zip(range(count), loader.batch_sampler)]
+    full = torch.from_numpy(np.flatnonzero(np.asarray(dataset.samples["pos"]) >= dataset.max_len))
+    if not len(full):
+        raise ValueError(f"no training sample has a history of data.max_len = {dataset.max_len} behaviours")
+    generator = torch.Generator().manual_seed(seed)
+    return [full[torch.randint(len(full), (batch_size,), generator=generator)].tolist() for _ in range(count)]
+
+
+def time_providers(cfg, table: ItemTable, batches: list[dict], names: list[str], device: torch.device,
+                   rounds: int) -> dict[str, list[float]]:
+    """samples/s of each provider's pass over `batches`, per round, the providers taking turns."""
     fused_backend = "cuda" if device.type == "cuda" else "cpp"
-    if "marn-fused" in args.providers:
-        require_compiled()
-
-    prepared_dir = resolve_path(cfg.data.prepared_dir)
-    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
-    dataset = CTRDataset(prepared_dir, "train", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
-    loader = make_loader(dataset, int(cfg.train.batch_size), shuffle=True, seed=int(cfg.train.seed))
-    index_batches = [indices for _, indices in zip(range(args.batches), loader.batch_sampler)]
-    batches = [{k: v.to(device) for k, v in dataset.__getitems__(indices).items()} for indices in index_batches]
-    samples_per_pass = sum(len(indices) for indices in index_batches)
-
     providers: dict[str, tuple[Callable[[dict], object], list[dict]]] = {}
-    for name in args.providers:
+    for name in names:
         if name == "deepctr-dien":
             providers[name] = dien_steps(cfg, table, batches, device)
         else:
             backend = fused_backend if name == "marn-fused" else "reference"
             providers[name] = (marn_steps(cfg, table, device, backend), batches)
+    samples_per_pass = sum(len(batch["label"]) for batch in batches)
 
     def one_pass(step: Callable[[dict], object], provider_batches: list[dict]) -> float:
         synchronize(device)
@@ -191,30 +200,50 @@ def main(argv: list[str] | None = None) -> dict:
     for step, provider_batches in providers.values():
         one_pass(step, provider_batches)  # warm-up: allocations, kernel caches, lazy initialisation
     rates: dict[str, list[float]] = {name: [] for name in providers}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, (step, provider_batches) in providers.items():
             rates[name].append(one_pass(step, provider_batches))
+    return rates
 
-    median = {name: statistics.median(values) for name, values in rates.items()}
-    rows = []
-    for name in providers:
-        row = {"provider": name, "samples_per_s": median[name], "rounds": len(rates[name])}
-        for reference in ("marn-reference", "deepctr-dien"):
-            if reference in median and reference != name:
-                row[f"vs_{reference}"] = median[name] / median[reference]
-        rows.append(row)
-    columns = ["provider", "samples_per_s", *sorted({k for row in rows for k in row if k.startswith("vs_")})]
-    for row in rows:
-        for column in columns:
-            row.setdefault(column, "")
-    settings = {"batch_size": int(cfg.train.batch_size), "batches": args.batches, "rounds": args.rounds,
-                "max_len": int(cfg.data.max_len), "hidden": int(cfg.train.hidden),
-                "optimizer": str(cfg.train.optimizer), "train_samples": len(dataset), "items": table.n_items}
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.overrides)
+    torch.set_num_threads(args.threads or int(cfg.train.num_threads) or torch.get_num_threads())
+    torch.set_flush_denormal(True)  # for every provider alike: denormal floats would slow some and not others
+    device = torch.device(args.device)
+    if "marn-fused" in args.providers:
+        require_compiled()
+
+    prepared_dir = resolve_path(cfg.data.prepared_dir)
+    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
+    dataset = CTRDataset(prepared_dir, "train", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
+    rows, each_round = [], []
+    for batch_size in args.batch_sizes or [int(cfg.train.batch_size)]:
+        for lengths in args.lengths:
+            indices = index_batches(dataset, batch_size, lengths, args.batches, int(cfg.train.seed))
+            batches = [{k: v.to(device) for k, v in dataset.__getitems__(part).items()} for part in indices]
+            mean_history = float(torch.cat([batch["hist_len"].float().cpu() for batch in batches]).mean())
+            rates = time_providers(cfg, table, batches, args.providers, device, args.rounds)
+            median = {name: statistics.median(values) for name, values in rates.items()}
+            for name in rates:
+                row = {"batch_size": batch_size, "lengths": lengths, "mean_history": mean_history,
+                       "provider": name, "samples_per_s": median[name]}
+                for reference in ("marn-reference", "deepctr-dien"):
+                    row[f"vs_{reference}"] = median[name] / median[reference] if reference in median else ""
+                rows.append(row)
+            each_round.append({"batch_size": batch_size, "lengths": lengths, "samples_per_s": rates})
+    columns = ["batch_size", "lengths", "mean_history", "provider", "samples_per_s", "vs_marn-reference",
+               "vs_deepctr-dien"]
+    settings = {"batch_sizes": args.batch_sizes or [int(cfg.train.batch_size)], "lengths": args.lengths,
+                "batches": args.batches, "rounds": args.rounds, "max_len": int(cfg.data.max_len),
+                "hidden": int(cfg.train.hidden), "optimizer": str(cfg.train.optimizer),
+                "train_samples": len(dataset), "items": table.n_items}
     payload = {"settings": settings, "machine": machine_summary(device), "rows": rows,
-               "samples_per_s_each_round": rates}
+               "samples_per_s_each_round": each_round}
     save_results(args.out, payload)
-    print(f"training throughput, {samples_per_pass} samples per pass, median of {args.rounds} rounds "
-          f"({settings['batch_size']} per batch, {payload['machine']['threads']} threads, {device})")
+    print(f"training throughput, median of {args.rounds} interleaved rounds over {args.batches} batches per case "
+          f"({payload['machine']['threads']} threads, {device})")
     print(markdown_table(rows, columns))
     print(f"written to {args.out}")
     return payload

@@ -30,19 +30,32 @@ struct Rows {
   MARN_HOST_DEVICE scalar_t* row(int64_t b) const { return data + b * stride; }
 };
 
+// A [B, T, cols] tensor read or written at (order[i], t) for the i-th row of a step.
 template <typename scalar_t>
-struct GateForwardArgs {
-  Rows<scalar_t> input_gates, hidden_gates, h_prev, h_next, out, workspace;  // out, workspace may be null
-  const int64_t* lengths;  // null when every row is valid
-  int64_t t, batch, hidden;
+struct Padded {
+  scalar_t* data = nullptr;
+  int64_t batch_stride = 0, time_stride = 0;
+  const int64_t* order = nullptr;
+  MARN_HOST_DEVICE scalar_t* row(int64_t i, int64_t t) const {
+    return data + order[i] * batch_stride + t * time_stride;
+  }
 };
 
+// h_next may alias h_prev (each element is read before it is written); workspace may be null.
+template <typename scalar_t>
+struct GateForwardArgs {
+  Rows<scalar_t> input_gates, hidden_gates, h_prev, h_next, workspace;
+  Padded<scalar_t> out;  // null for a single cell
+  int64_t t, rows, hidden;
+};
+
+// grad_h_prev_direct may alias grad_h.
 template <typename scalar_t>
 struct GateBackwardArgs {
-  Rows<scalar_t> grad_h, grad_out, h_prev, workspace, grad_input_gates, grad_hidden_gates,
-      grad_h_prev_direct;  // grad_out may be null
-  const int64_t* lengths;  // null when every row is valid
-  int64_t t, batch, hidden;
+  Rows<scalar_t> grad_h, h_prev, workspace, grad_input_gates, grad_hidden_gates,
+      grad_h_prev_direct;
+  Padded<scalar_t> grad_out;  // null for a single cell
+  int64_t t, rows, hidden;
 };
 
 template <typename value_t, typename table_t>

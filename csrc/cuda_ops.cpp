@@ -34,41 +34,43 @@ cuda::Rows<scalar_t> rows_of(const at::Tensor& t) {
   return {const_cast<scalar_t*>(t.const_data_ptr<scalar_t>()), t.stride(0)};
 }
 
-const int64_t* lengths_or_null(const at::Tensor& lengths) {
-  return lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+template <typename scalar_t>
+cuda::Padded<scalar_t> padded_of(const at::Tensor& t, const at::Tensor& order) {
+  if (!t.defined()) return {};
+  return {const_cast<scalar_t*>(t.const_data_ptr<scalar_t>()), t.stride(0), t.stride(1),
+          order.const_data_ptr<int64_t>()};
 }
 
 void gates_forward_cuda(const GateForwardStep& s) {
-  const int64_t batch = s.h_prev.size(0);
+  const int64_t rows = s.h_prev.size(0);
   const int64_t hidden = s.h_prev.size(1);
-  if (batch * hidden == 0) return;
+  if (rows * hidden == 0) return;
   AT_DISPATCH_FLOATING_TYPES(s.h_prev.scalar_type(), "apgru_gates_forward_cuda", [&] {
     cuda::GateForwardArgs<scalar_t> args{
-        rows_of<scalar_t>(s.input_gates), rows_of<scalar_t>(s.hidden_gates),
-        rows_of<scalar_t>(s.h_prev),      rows_of<scalar_t>(s.h_next),
-        rows_of<scalar_t>(s.out),         rows_of<scalar_t>(s.workspace),
-        lengths_or_null(s.lengths),       s.t,
-        batch,                            hidden};
+        rows_of<scalar_t>(s.input_gates),       rows_of<scalar_t>(s.hidden_gates),
+        rows_of<scalar_t>(s.h_prev),            rows_of<scalar_t>(s.h_next),
+        rows_of<scalar_t>(s.workspace),         padded_of<scalar_t>(s.out, s.order),
+        s.t,                                    rows,
+        hidden};
     cuda::launch_gates_forward(args, c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void gates_backward_cuda(const GateBackwardStep& s) {
-  const int64_t batch = s.h_prev.size(0);
+  const int64_t rows = s.h_prev.size(0);
   const int64_t hidden = s.h_prev.size(1);
-  if (batch * hidden == 0) return;
+  if (rows * hidden == 0) return;
   AT_DISPATCH_FLOATING_TYPES(s.h_prev.scalar_type(), "apgru_gates_backward_cuda", [&] {
     cuda::GateBackwardArgs<scalar_t> args{rows_of<scalar_t>(s.grad_h),
-                                          rows_of<scalar_t>(s.grad_out),
                                           rows_of<scalar_t>(s.h_prev),
                                           rows_of<scalar_t>(s.workspace),
                                           rows_of<scalar_t>(s.grad_input_gates),
                                           rows_of<scalar_t>(s.grad_hidden_gates),
                                           rows_of<scalar_t>(s.grad_h_prev_direct),
-                                          lengths_or_null(s.lengths),
+                                          padded_of<scalar_t>(s.grad_out, s.order),
                                           s.t,
-                                          batch,
+                                          rows,
                                           hidden};
     cuda::launch_gates_backward(args, c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -105,11 +107,10 @@ apgru_sequence_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_
                              const at::Tensor& x, const at::Tensor& prop,
                              const at::Tensor& lengths, const at::Tensor& h0,
                              const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                             const at::Tensor& weight_pz, const at::Tensor& out,
-                             const at::Tensor& workspace) {
+                             const at::Tensor& weight_pz, const at::Tensor& workspace) {
   const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x));
   return apgru_sequence_backward(grad_out, grad_h_last, x, prop, lengths, h0, weight_ih,
-                                 weight_hh, weight_pz, out, workspace, gates_backward_cuda);
+                                 weight_hh, weight_pz, workspace, gates_backward_cuda);
 }
 
 // The granularities' boundaries and tables are packed into flat buffers (they are small:

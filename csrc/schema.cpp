@@ -10,7 +10,11 @@ TORCH_LIBRARY(marn, m) {
   m.def(
       "apgru_cell_backward(Tensor grad_h_new, Tensor h, Tensor weight_hh, Tensor workspace)"
       " -> (Tensor grad_input_gates, Tensor grad_h, Tensor grad_weight_hh, Tensor grad_bias_hh)");
-  // Without save_workspace (inference) the workspace is [B, T, 0] and backward cannot run.
+  // Length-aware: rows run sorted by length (descending, stable), each step over the rows still
+  // running; padded positions of x, prop and grad_out are never read. The workspace is
+  // [B, T, 5H] viewed as [B*T, 5H]: packed row p (PackedSequence's time-major order, one per real
+  // step) holds r, z, n, the hidden n-gate and h_prev; rows past the sum of lengths are zero.
+  // Without save_workspace (inference) it is [B, T, 0] and backward cannot run.
   m.def(
       "apgru_sequence(Tensor x, Tensor prop, Tensor lengths, Tensor h0, Tensor weight_ih,"
       " Tensor weight_hh, Tensor bias_ih, Tensor bias_hh, Tensor weight_pz,"
@@ -18,7 +22,7 @@ TORCH_LIBRARY(marn, m) {
   m.def(
       "apgru_sequence_backward(Tensor grad_out, Tensor grad_h_last, Tensor x, Tensor prop,"
       " Tensor lengths, Tensor h0, Tensor weight_ih, Tensor weight_hh, Tensor weight_pz,"
-      " Tensor out, Tensor workspace)"
+      " Tensor workspace)"
       " -> (Tensor grad_x, Tensor grad_prop, Tensor grad_h0, Tensor grad_weight_ih,"
       " Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_pz)");
   // rows[n, k*G + g] is the row of statistic k's bucket in table g, saved for backward.

@@ -48,4 +48,4 @@ if __name__ == "__main__":
     if len(sys.argv) < 2 or "=" in sys.argv[1]:
         sys.exit("usage: python -m flows.train MODEL_NAME [key=value ...]")
     model = sys.argv.pop(1)
-    main(lambda overrides: train_flow(model_name=model, overrides=overrides))
+    main(lambda overrides: train_flow(model_name=model, overrides=overrides), check=lambda cfg: check_model_name(model))

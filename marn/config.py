@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -42,12 +42,42 @@ class SyntheticConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """The column of each role in an interactions or item table; None: the usual names (marn.data.interactions)."""
+
+    user: Optional[str] = None
+    item: Optional[str] = None
+    timestamp: Optional[str] = None
+    rating: Optional[str] = None
+    type: Optional[str] = None
+    title: Optional[str] = None
+    category: Optional[str] = None
+    brand: Optional[str] = None
+    image: Optional[str] = None
+
+
+# Every valid `data.source`, with the `data.*` keys it cannot run without; marn.data.fetch has one fetcher each.
+DATA_SOURCES: dict[str, tuple[str, ...]] = {
+    "synthetic": (),
+    "amazon2014": (),
+    "amazon2018": (),
+    "amazon2023": (),
+    "files": ("reviews", "meta"),
+    "interactions": ("interactions",),
+}
+
+
+@dataclass
 class DataConfig:
     source: str = "synthetic"
     category: str = "Electronics"
     reviews: Optional[str] = None
     meta: Optional[str] = None
     base_url: Optional[str] = None
+    interactions: Optional[str] = None
+    items: Optional[str] = None
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    min_interactions: int = 0
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
     max_len: int = 20
@@ -125,6 +155,8 @@ class EvaluateConfig:
     out: str = "metrics/eval.json"
     plots_dir: str = "plots/evaluate"
     batch_size: int = 512
+    test_negatives: int = 1  # sampled non-clicked items per test click for eq. 11; > 1 adds user_auc@<k>neg
+    seed: int = 0  # draws the test negatives beyond the prepare stage's one
 
 
 @dataclass
@@ -177,6 +209,16 @@ class Params:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
+# The params a model's training reads (flows/train_params.py writes their values per model for dvc.yaml's train
+# stages); only models with an adversary (ADV, DDMA) read ADVERSARIAL_PARAMS, so train.lambda0 retrains just them.
+TRAIN_PARAMS = (
+    "data.max_len", "data.time_gap_buckets", "ops.backend", "train.seed", "train.epochs", "train.batch_size",
+    "train.optimizer", "train.lr", "train.hidden", "train.embed_dim", "train.title_filters", "train.prediction_mlp",
+    "train.freeze_word_vectors", "train.log_every", "train.checkpoint_every", "train.num_threads",
+)
+ADVERSARIAL_PARAMS = ("train.lambda0", "train.gamma")
+
+
 class ConfigError(ValueError):
     """A params file or override that does not fit the schema."""
 
@@ -215,7 +257,86 @@ def validate(cfg: Any, source: str = "params") -> DictConfig:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(f"{source}: bad value for '{key}': {err.msg if hasattr(err, 'msg') else err}") from err
     OmegaConf.set_readonly(merged, True)
+    problems = value_problems(merged)
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}")
     return merged
+
+
+def value_problems(cfg: DictConfig) -> list[str]:
+    """Every value of `cfg` outside what its stage accepts (unknown names, ranges), as `key must be ..., got ...`.
+
+    Run on every load, so a mistake fails every stage in its first second, whichever stage reads the key.
+    Sections with a checker of their own (train sizes, abtest arms, data categories) reuse it.
+    """
+    from marn.abtest.stage import check_abtest_config
+    from marn.data.fetch import amazon_urls
+    from marn.models.registry import MODELS
+    from marn.ops.backend import BACKENDS
+    from marn.train import OPTIMIZERS, _check_train_config
+
+    problems: list[str] = []
+
+    def need(key: str, ok: bool, rule: str, value: Any) -> None:
+        if not ok:
+            problems.append(f"{key} must be {rule}, got {value!r}")
+
+    def positive(section: Any, prefix: str, *keys: str) -> None:
+        for key in keys:
+            need(f"{prefix}.{key}", section[key] > 0, "> 0", section[key])
+
+    def reuse(check: Callable[[], Any]) -> None:
+        try:
+            check()
+        except ValueError as err:
+            problems.append(str(err))
+
+    data, syn, features, train = cfg.data, cfg.data.synthetic, cfg.features, cfg.train
+    if data.source not in DATA_SOURCES:
+        problems.append(f"data.source: unknown source {data.source!r}; valid sources: {', '.join(DATA_SOURCES)}")
+    for key in DATA_SOURCES.get(data.source, ()):
+        if not data[key]:
+            problems.append(f"data.source={data.source} needs data.{key}: a local path or a file:// / http(s):// URL")
+    if data.source.startswith("amazon") and data.source in DATA_SOURCES:
+        reuse(lambda: amazon_urls(data.source, data.category, data.base_url))
+    positive(data, "data", "max_len", "time_gap_buckets", "popularity_levels")
+    need("data.stat_granularities", all(g >= 2 for g in data.stat_granularities), "bins of at least 2",
+         list(data.stat_granularities))
+    need("data.max_bad_line_share", 0 <= data.max_bad_line_share <= 1, "in [0, 1]", data.max_bad_line_share)
+    positive(syn, "data.synthetic", "n_users", "n_items", "n_categories", "n_brands", "factor_levels", "image_size")
+    need("data.synthetic.min_seq_len", 2 <= syn.min_seq_len <= syn.max_seq_len,
+         f"in [2, data.synthetic.max_seq_len = {syn.max_seq_len}]", syn.min_seq_len)
+    need("data.synthetic.cold_item_share", 0 <= syn.cold_item_share < 1, "in [0, 1)", syn.cold_item_share)
+
+    need("features.device", features.device in ("cpu", "cuda") or features.device.startswith("cuda:"),
+         "cpu, cuda or cuda:N", features.device)
+    positive(features, "features", "batch_size", "image_size", "num_download_workers", "num_decode_workers",
+             "download_timeout_s", "word_dim", "title_len")
+    need("features.download_retries", features.download_retries >= 0, ">= 0", features.download_retries)
+    positive(features.word2vec, "features.word2vec", "epochs", "window", "negatives", "min_count", "lr", "batch_size")
+
+    need("ops.backend", cfg.ops.backend in BACKENDS, f"one of {', '.join(BACKENDS)}", cfg.ops.backend)
+
+    need("train.models", len(train.models) > 0, "a non-empty list", list(train.models))
+    for i, name in enumerate(train.models):
+        need(f"train.models[{i}]", name in MODELS, f"a known model ({', '.join(MODELS)})", name)
+    need("train.models", len(set(train.models)) == len(train.models), "free of repeats", list(train.models))
+    if train.optimizer not in OPTIMIZERS:  # worded as marn.train.make_optimizer words it
+        problems.append(f"train.optimizer {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    need("train.device", train.device in ("cpu", "cuda"), "cpu or cuda", train.device)
+    reuse(lambda: _check_train_config(cfg))
+
+    positive(cfg.evaluate, "evaluate", "batch_size", "test_negatives")
+    reuse(lambda: check_abtest_config(cfg.abtest))
+    analysis = cfg.analysis
+    need("analysis.tsne_model", analysis.tsne_model in MODELS, "a known model", analysis.tsne_model)
+    need("analysis.recall_at", all(k > 0 for k in analysis.recall_at), "positive cut-offs", list(analysis.recall_at))
+    need("analysis.lambda0_grid", all(v >= 0 for v in analysis.lambda0_grid), "values >= 0",
+         list(analysis.lambda0_grid))
+    positive(analysis, "analysis", "tsne_items")
+    for key in ("cold_start_queries", "cold_start_candidates"):
+        need(f"analysis.{key}", analysis[key] >= 0, ">= 0 (0 = all)", analysis[key])
+    return problems
 
 
 def resolve_path(value: str | Path) -> Path:

@@ -1,24 +1,29 @@
 """Evaluate stage: trained models on the test split (paper §4.1, Table 4, Fig. 4).
 
 `evaluate_models` writes
-- `out_path` (`evaluate.out`): `{model: {user_auc, auc, gauc, logloss, n_users, n_samples}}`;
-- `<plots_dir>/popularity_auc.json` (rows `{model, level, auc, n_samples}`) and `popularity_auc.png`;
+- `out_path` (`evaluate.out`): `{model: {user_auc, auc, gauc, logloss, n_users, n_samples}}`, plus
+  `user_auc@<k>neg` when `evaluate.test_negatives` = k > 1 (eq. 11 with k sampled negatives per test click);
+- `<plots_dir>/popularity_auc.json` (rows `{model, level, auc, n_samples, n_items, min_train_interactions,
+  max_train_interactions}`, `popularity_levels_of_test_items` defines the levels) and `popularity_auc.png`;
 - `<plots_dir>/modality_attention.json` (rows `{model, category, modality, attention_norm}`, models with
   attention over modalities only) and `modality_attention_<slug>.png` per such model.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from marn import ops
 from marn.config import resolve_path
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import RESERVED_ENTRIES, ItemTable, load_item_table
+from marn.data.prepare import sample_negatives
 from marn.models.base import CTRModel
 from marn.models.persistence import load_model
 from marn.models.registry import check_model_name, model_folder
@@ -81,21 +86,74 @@ def ranking_metrics(users: np.ndarray, labels: np.ndarray, probabilities: np.nda
 def predict(model: CTRModel, dataset: CTRDataset, batch_size: int) -> dict[str, np.ndarray]:
     """Click probabilities of every sample of `dataset` in order, with the sample fields the metrics group by."""
     model.eval()
-    columns: dict[str, list[np.ndarray]] = {"user": [], "label": [], "probability": [], "popularity_level": []}
+    columns: dict[str, list[np.ndarray]] = {"user": [], "label": [], "probability": [], "target_item": []}
     for start in range(0, len(dataset), batch_size):
         batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
         columns["probability"].append(model(batch)["prob"].double().numpy())
-        for key in ("user", "label", "popularity_level"):
+        for key in ("user", "label", "target_item"):
             columns[key].append(batch[key].numpy())
     return {key: np.concatenate(parts) for key, parts in columns.items()}
 
 
-def popularity_auc(predictions: dict[str, np.ndarray]) -> list[dict]:
-    """Global AUC within each popularity level of the target item (Table 4); None where a level lacks a class."""
-    auc, n_samples = per_group_auc(predictions["popularity_level"], predictions["label"], predictions["probability"])
-    levels = np.unique(predictions["popularity_level"])
-    return [{"level": int(level), "auc": None if np.isnan(a) else float(a), "n_samples": int(n)}
-            for level, a, n in zip(levels, auc, n_samples)]
+def train_interactions(prepared_dir: Path) -> np.ndarray:
+    """Number of training interactions of every item index (`train_count` of `items.parquet`)."""
+    return pq.read_table(Path(prepared_dir) / "items.parquet", columns=["train_count"]).column(
+        "train_count").to_numpy().astype(np.int64)
+
+
+def popularity_levels_of_test_items(target_items: np.ndarray, train_count: np.ndarray, n_levels: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Table 4's popularity levels: the distinct test target items (clicked or sampled) sorted by training
+    interactions, ties broken by item index, cut into `n_levels` equal-frequency levels 0 (least popular) ..
+    n_levels - 1, level k holding items [k n / L, (k + 1) n / L) of the n sorted items (sizes differ by at most 1).
+
+    Returns the sorted distinct items and the level of each.
+    """
+    items = np.unique(np.asarray(target_items, dtype=np.int64))
+    if len(items) < n_levels:
+        raise ValueError(f"data.popularity_levels = {n_levels} needs at least as many distinct test items, "
+                         f"the test split has {len(items)}")
+    order = np.lexsort((items, train_count[items]))
+    levels = np.empty(len(items), dtype=np.int64)
+    levels[order] = np.arange(len(items)) * n_levels // len(items)
+    return items, levels
+
+
+def popularity_auc(predictions: dict[str, np.ndarray], train_count: np.ndarray, n_levels: int) -> list[dict]:
+    """Global AUC of the test samples whose target item is in each level of `popularity_levels_of_test_items`
+    (Table 4), None where a level lacks a class, with the level's sample and item counts and training-interaction
+    range."""
+    items, item_level = popularity_levels_of_test_items(predictions["target_item"], train_count, n_levels)
+    sample_level = item_level[np.searchsorted(items, predictions["target_item"])]
+    auc, n_samples = per_group_auc(sample_level, predictions["label"], predictions["probability"])
+    rows = []
+    for level, a, n in zip(range(n_levels), auc, n_samples):
+        counts = train_count[items[item_level == level]]
+        rows.append({"level": level, "auc": None if np.isnan(a) else float(a), "n_samples": int(n),
+                     "n_items": int(len(counts)), "min_train_interactions": int(counts.min()),
+                     "max_train_interactions": int(counts.max())})
+    return rows
+
+
+def extra_test_negatives(dataset: CTRDataset, n_negatives: int, seed: int) -> np.ndarray:
+    """`n_negatives` - 1 more negative samples per positive test sample, with the same user and history, their items
+    drawn uniformly with replacement from the items the user never touched (as the prepare stage draws the first)
+    by `np.random.default_rng(seed)`; rows in the test split's layout, each positive's draws together."""
+    samples = dataset.samples
+    positives = samples[samples["label"] == 1]
+    n_items = len(dataset.item_cold)
+    sequence_users = np.repeat(np.arange(len(dataset.offsets) - 1), np.diff(dataset.offsets))
+    touched_keys = np.unique(sequence_users * n_items + dataset.seq_items.astype(np.int64))
+    users = np.repeat(positives["user"].astype(np.int64), n_negatives - 1)
+    items = sample_negatives(np.random.default_rng(seed), users, np.arange(RESERVED_ENTRIES, n_items),
+                             touched_keys, n_items)
+    if (items < 0).any():
+        raise ValueError(f"evaluate.test_negatives = {n_negatives}: no untouched item could be drawn for test user "
+                         f"{int(users[items < 0][0])}")
+    rows = np.zeros(len(users), dtype=samples.dtype)
+    rows["user"], rows["item"], rows["label"] = users, items, 0
+    rows["pos"] = np.repeat(positives["pos"], n_negatives - 1)
+    return rows
 
 
 @torch.inference_mode()
@@ -160,8 +218,8 @@ def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, mo
                     plots_dir: Path | None = None) -> dict:
     """Evaluate each model saved at `<models_dir>/<model name>/model.pt`; `plots_dir` defaults to `evaluate.plots_dir`.
 
-    Reads `evaluate.batch_size`, `data.max_len`, `data.time_gap_buckets` and `ops.backend`; returns what
-    `out_path` holds.
+    Reads `evaluate.batch_size`, `evaluate.test_negatives`, `evaluate.seed`, `data.max_len`,
+    `data.time_gap_buckets`, `data.popularity_levels` and `ops.backend`; returns what `out_path` holds.
     """
     for name in model_names:
         check_model_name(name)
@@ -171,19 +229,31 @@ def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, mo
     batch_size = int(cfg.evaluate.batch_size)
     if batch_size < 1:
         raise ValueError(f"evaluate.batch_size must be at least 1, got {batch_size}")
+    n_negatives = int(cfg.evaluate.test_negatives)
+    if n_negatives < 1:
+        raise ValueError(f"evaluate.test_negatives must be at least 1, got {n_negatives}")
     out_path = Path(out_path)
     plots_dir = Path(plots_dir) if plots_dir is not None else resolve_path(cfg.evaluate.plots_dir)
     table = load_item_table(prepared_dir, features_dir)
     dataset = CTRDataset(prepared_dir, "test", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
     if len(dataset) == 0:
         raise ValueError(f"{prepared_dir} has no test samples")
+    train_count, n_levels = train_interactions(prepared_dir), int(cfg.data.popularity_levels)
+    more_negatives = None
+    if n_negatives > 1:  # the test split's users and histories, with only the extra negative rows
+        more_negatives = copy.copy(dataset)
+        more_negatives.samples = extra_test_negatives(dataset, n_negatives, int(cfg.evaluate.seed))
 
     results, popularity_rows, attention_rows, attention_plots = {}, [], [], {}
     for name in model_names:
         model = load_model(model_folder(models_dir, name) / "model.pt", name, table)
         predictions = predict(model, dataset, batch_size)
         results[name] = ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])
-        popularity_rows += [{"model": name, **row} for row in popularity_auc(predictions)]
+        if more_negatives is not None:
+            extra = predict(model, more_negatives, batch_size)
+            results[name][f"user_auc@{n_negatives}neg"] = ranking_metrics(
+                *(np.r_[predictions[key], extra[key]] for key in ("user", "label", "probability")))["user_auc"]
+        popularity_rows += [{"model": name, **row} for row in popularity_auc(predictions, train_count, n_levels)]
         attention = category_modality_attention(model, table, batch_size)
         if attention is not None:
             attention_plots[name] = attention

@@ -8,6 +8,7 @@ history (once per request, shared by every candidate), candidate attention and t
 
     python -m marn.serve export [MODEL] [key=value ...] [--dir DIR]   # MODEL defaults to MARN
     python -m marn.serve score  [MODEL] [key=value ...] [--dir DIR] < requests.jsonl
+    python -m marn.serve http   [MODEL] [key=value ...] [--dir DIR] [--host H] [--port P] [--workers N]
 
 `export` reads `<train.out_dir>/<MODEL>/model.pt` and writes to DIR (default `data/serving/<MODEL>/`):
 - `item_representations.npy`: float32 `N_items x hidden`, row = item index (docs/FORMATS.md);
@@ -15,6 +16,7 @@ history (once per request, shared by every candidate), candidate attention and t
 - `manifest.json`: the model name, the SHA-256 of the model file, `max_len` and the sizes.
 `score` reads one JSON request a line, `{"history": [asin, ...], "candidates": [asin, ...]}` with optional
 `history_types` (ints), `history_times` (unix seconds) and `request_time`, and prints `{"scores": [...]}`.
+`http` answers the same request as the JSON body of `POST /score` (marn/serve_http.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ DEFAULT_MODEL = "MARN"
 DEFAULT_EXPORT_ROOT = "data/serving"
 REPRESENTATIONS_FILE, ID_MAP_FILE, MANIFEST_FILE = "item_representations.npy", "item_ids.parquet", "manifest.json"
 EXPORT_CHUNK_ITEMS = 1024  # items encoded at once: bounds the 4096-d image rows gathered per chunk
+REQUEST_KEYS = frozenset({"history", "candidates", "history_types", "history_times", "request_time"})
 
 
 @dataclass(frozen=True)
@@ -226,26 +229,69 @@ def load_scorer(cfg, model_name: str, export_dir: Path) -> RepresentationScorer:
     return RepresentationScorer(model, representations, int(manifest["max_len"]), asins)
 
 
+class RequestError(ValueError):
+    """A scoring request that does not fit the format; `unknown_items` lists ids the export does not have."""
+
+    def __init__(self, message: str, unknown_items: Sequence[str] = ()):
+        super().__init__(message)
+        self.unknown_items = list(unknown_items)
+
+
+def _int_list(fields: dict, key: str) -> list[int] | None:
+    values = fields.get(key)
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise RequestError(f"{key} must be a list of integers")
+    return values
+
+
+def parse_request(scorer: RepresentationScorer, fields) -> ScoringRequest:
+    """The `ScoringRequest` of one request object (a line of `score`, the body of `POST /score`)."""
+    if not isinstance(fields, dict):
+        raise RequestError(f"a request is a JSON object, got {type(fields).__name__}")
+    unexpected = sorted(set(fields) - REQUEST_KEYS)
+    if unexpected:
+        raise RequestError(f"unknown request keys {unexpected}; known: {sorted(REQUEST_KEYS)}")
+    ids = {}
+    for key in ("history", "candidates"):
+        values = fields.get(key)
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise RequestError(f"{key} must be a list of item ids (strings)")
+        if not values:
+            raise RequestError(f"{key} is empty: a request needs at least one " +
+                               ("behaviour" if key == "history" else "candidate item"))
+        ids[key] = values
+    unknown = [a for a in dict.fromkeys(ids["history"] + ids["candidates"]) if a not in scorer.item_index_of]
+    if unknown:
+        raise RequestError(f"items {unknown[:5]} are not in the exported id map ({len(unknown)} unknown)", unknown)
+    request_time = fields.get("request_time")
+    if request_time is not None and (not isinstance(request_time, int) or isinstance(request_time, bool)):
+        raise RequestError("request_time must be an integer (unix seconds)")
+    return ScoringRequest(scorer.item_indices(ids["history"]), scorer.item_indices(ids["candidates"]),
+                          _int_list(fields, "history_types"), _int_list(fields, "history_times"), request_time)
+
+
 def _score_lines(scorer: RepresentationScorer, lines, out) -> None:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            fields = json.loads(line)
-            request = ScoringRequest(scorer.item_indices(fields["history"]), scorer.item_indices(fields["candidates"]),
-                                     fields.get("history_types"), fields.get("history_times"),
-                                     fields.get("request_time"))
+            request = parse_request(scorer, json.loads(line))
             out.write(json.dumps({"scores": scorer.score(request).tolist()}) + "\n")
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"request line {number}: {err!r}") from err
+        except ValueError as err:  # json.JSONDecodeError and RequestError are ValueErrors
+            raise ValueError(f"request line {number}: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m marn.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("export", "score"))
+    parser.add_argument("command", choices=("export", "score", "http"))
     parser.add_argument("args", nargs="*", help="MODEL (default MARN), then key=value overrides of params.yaml")
     parser.add_argument("--dir", type=Path, help="export folder (default data/serving/<MODEL>)")
+    parser.add_argument("--host", default="127.0.0.1", help="http: address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="http: port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="http: worker processes (default 1)")
     options = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     has_model = bool(options.args) and "=" not in options.args[0]
     model_name = options.args[0] if has_model else DEFAULT_MODEL
@@ -259,8 +305,13 @@ def main(argv: list[str] | None = None) -> None:
         if options.command == "export":
             manifest = export_item_representations(cfg, model_name, export_dir)
             print(f"{manifest['n_items']} item representations of {model_name} written to {export_dir}")
-        else:
+        elif options.command == "score":
             _score_lines(load_scorer(cfg, model_name, export_dir), sys.stdin, sys.stdout)
+        else:
+            from marn.serve_http import run_server  # the web stack loads only for this command
+
+            overrides = options.args[1:] if has_model else options.args
+            run_server(cfg, model_name, export_dir, overrides, options.host, options.port, options.workers)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
 

@@ -97,7 +97,7 @@ class _ScoreTable(CTRModel):
 
 def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_touched(tiny_data):  # noqa: F811
     dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
-    queries = cold_start_queries(dataset, 0, 0, np.random.default_rng(0))
+    queries = cold_start_queries(dataset, 0, 0, np.random.default_rng(0), unseen_only=False)
     samples = dataset.samples
     expected_rows = np.flatnonzero((samples["label"] == 1) & dataset.item_cold[samples["item"]])
     assert [q.sample for q in queries] == expected_rows.tolist() and queries
@@ -107,14 +107,34 @@ def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_
         assert query.candidates[0] == clicked and dataset.item_cold[clicked]
         others = set(query.candidates[1:].tolist())
         assert others == set(range(RESERVED_ENTRIES, len(dataset.item_cold))) - touched - {clicked}
-    drawn = cold_start_queries(dataset, 0, 4, np.random.default_rng(0))
+    drawn = cold_start_queries(dataset, 0, 4, np.random.default_rng(0), unseen_only=False)
     assert all(len(q.candidates) == min(4, len(full.candidates)) for q, full in zip(drawn, queries))
-    again = cold_start_queries(dataset, 0, 4, np.random.default_rng(0))
+    again = cold_start_queries(dataset, 0, 4, np.random.default_rng(0), unseen_only=False)
     assert all(np.array_equal(a.candidates, b.candidates) for a, b in zip(drawn, again))
-    few = cold_start_queries(dataset, 2, 0, np.random.default_rng(0))
+    few = cold_start_queries(dataset, 2, 0, np.random.default_rng(0), unseen_only=False)
     assert len(few) == 2 and {q.sample for q in few} <= {q.sample for q in queries}
     with pytest.raises(ValueError, match="cold_start_candidates must be 0 \\(all\\) or at least 2, got 1"):
-        cold_start_queries(dataset, 0, 1, np.random.default_rng(0))
+        cold_start_queries(dataset, 0, 1, np.random.default_rng(0), unseen_only=False)
+
+
+def test_unseen_only_candidates_are_unseen_items_the_user_never_touched(tiny_data):  # noqa: F811
+    dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
+    unseen_items = set(np.flatnonzero(dataset.item_cold).tolist())
+    assert unseen_items and min(unseen_items) >= RESERVED_ENTRIES
+    unseen = cold_start_queries(dataset, 0, 0, np.random.default_rng(0), unseen_only=True)
+    mixed = cold_start_queries(dataset, 0, 0, np.random.default_rng(0), unseen_only=False)
+    assert [q.sample for q in unseen] == [q.sample for q in mixed] and unseen
+    for query in unseen:
+        user, clicked = int(dataset.samples["user"][query.sample]), int(dataset.samples["item"][query.sample])
+        touched = set(dataset.seq_items[dataset.offsets[user]:dataset.offsets[user + 1]].tolist())
+        assert query.candidates[0] == clicked
+        assert set(query.candidates[1:].tolist()) == unseen_items - touched - {clicked}
+    drawn = cold_start_queries(dataset, 1, 2, np.random.default_rng(4), unseen_only=True)
+    again = cold_start_queries(dataset, 1, 2, np.random.default_rng(4), unseen_only=True)
+    assert all(np.array_equal(a.candidates, b.candidates) for a, b in zip(drawn, again))
+    assert [q.sample for q in drawn] == [q.sample for q in cold_start_queries(
+        dataset, 1, 2, np.random.default_rng(4), unseen_only=False)]  # both tables rank the same queries
+    assert all(len(q.candidates) <= 2 and set(q.candidates[1:].tolist()) <= unseen_items for q in drawn)
 
 
 def test_clicked_item_ranks_score_every_candidate_with_the_model(tiny_data):  # noqa: F811
@@ -133,9 +153,15 @@ def _fixed_summary(user_auc: dict[str, list[float]]) -> dict:
         "user_auc": {m: {**vars(spread(v)), "values": v} for m, v in user_auc.items()},
         "significance": best_baseline_test(user_auc),
         "popularity_auc": {"levels": [0, 1], "rows": {"MARN": [0.61, 0.70], "BaseModel+IDs": [0.55, None],
-                                                      "gap": [0.06, None]}},
-        "cold_start_recall": {"cutoffs": [10, 1000], "queries": 7, "mean_candidates": 180.0,
-                              "rows": {"MARN": [0.3, 1.0], "BaseModel+IDs": [0.1, 1.0], "RANDOM": [0.056, 1.0]}},
+                                                      "gap": [0.06, None]},
+                           "n_items": [5, 4], "n_samples": [12, 30], "min_train_interactions": [0, 3],
+                           "max_train_interactions": [2, 17]},
+        "cold_start_recall_unseen": {"cutoffs": [10, 1000], "queries": 7, "mean_candidates": 40.0,
+                                     "rows": {"MARN": [0.4, 1.0], "BaseModel+IDs": [0.2, 1.0],
+                                              "RANDOM": [0.25, 1.0]}},
+        "cold_start_recall_mixed": {"cutoffs": [10, 1000], "queries": 7, "mean_candidates": 180.0,
+                                    "rows": {"MARN": [0.3, 1.0], "BaseModel+IDs": [0.1, 1.0],
+                                             "RANDOM": [0.056, 1.0]}},
         "lambda0": {"values": [], "user_auc": []},
         "figures": {"fig6_losses": "figures/fig6_losses.png"},
     }
@@ -152,6 +178,14 @@ def test_report_generator_on_fixed_inputs_against_scipy():
     mean, sd = np.mean(user_auc["MARN"]), np.std(user_auc["MARN"], ddof=1)
     assert f"| MARN | {mean:.4f} ± {sd:.4f} (n=5) |" in markdown
     assert "| gap | 0.0600 | — |" in markdown and "| RANDOM | 0.0560 | 1.0000 |" in markdown
+    table4 = markdown.split("## Table 4")[1].split("## Table 5")[0]
+    assert "| test items | 5 | 4 |" in table4 and "| test samples | 12 | 30 |" in table4
+    assert "| training interactions | 0–2 | 3–17 |" in table4
+    assert "distinct target items of the test split" in table4 and "ties broken by item index" in table4
+    unseen_table, mixed_table = markdown.split("## Table 5")[1].split("## Fig. 5")[0].split("Second protocol")
+    assert "every other unseen item (no training interaction)" in unseen_table and "| RANDOM | 0.2500 |" in unseen_table
+    assert "(not the paper's)" in mixed_table and "seen in training or not" in mixed_table
+    assert "| RANDOM | 0.0560 | 1.0000 |" in mixed_table
     assert "No number in this report is quoted from the paper" in markdown
     assert "![fig6_losses](figures/fig6_losses.png)" in markdown
     assert "train.seeds=[2,3,4,5]" in markdown and "analysis.lambda0_grid=[0.01,0.1,0.5,1.0,1.8]" in markdown
@@ -235,8 +269,13 @@ def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
     assert 0 <= summary["significance"]["p_value"] <= 1
     assert summary["lambda0"]["values"] == [0.05, 0.5]
     assert summary["lambda0"]["user_auc"][0] == summary["user_auc"]["MARN"]["values"][0]
-    assert set(summary["cold_start_recall"]["rows"]) == {"MARN", "BaseModel+IDs", "RANDOM"}
+    for pool in ("unseen", "mixed"):
+        assert set(summary[f"cold_start_recall_{pool}"]["rows"]) == {"MARN", "BaseModel+IDs", "RANDOM"}
+    assert (summary["cold_start_recall_unseen"]["queries"] == summary["cold_start_recall_mixed"]["queries"] and
+            summary["cold_start_recall_unseen"]["mean_candidates"] < summary["cold_start_recall_mixed"][
+                "mean_candidates"])
     assert summary["popularity_auc"]["rows"].keys() == {"MARN", "BaseModel+IDs", "gap"}
+    assert summary["popularity_auc"]["levels"] == list(range(10)) and sum(summary["popularity_auc"]["n_samples"]) == 80
     assert sorted(p.name for p in (tmp_path / "reports/figures").iterdir()) == [
         "fig5_tsne.png", "fig6_lambda0.png", "fig6_losses.png"]
     markdown = (tmp_path / "reports/paper_tables.md").read_text()

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 from sklearn.metrics import log_loss, roc_auc_score
 from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
-from marn.evaluate import evaluate_models, per_group_auc, ranking_metrics
+from marn.config import ConfigError, validate
+from marn.data.dataset import CTRDataset
+from marn.data.item_table import RESERVED_ENTRIES, load_item_table
+from marn.evaluate import (
+    evaluate_models, extra_test_negatives, per_group_auc, popularity_auc, popularity_levels_of_test_items, predict,
+    ranking_metrics,
+)
+from marn.models.persistence import load_model
+from marn.models.registry import model_folder
 from marn.train import train_model
 
 
@@ -89,7 +99,9 @@ def test_evaluate_models_writes_metrics_popularity_auc_and_attention(tiny_data, 
         assert 0 <= results[name]["user_auc"] <= 1
     popularity = json.loads((tmp_path / "plots/popularity_auc.json").read_text())
     assert {row["model"] for row in popularity} == set(names)
-    assert sum(row["n_samples"] for row in popularity if row["model"] == "MARN") == 80
+    marn_rows = [row for row in popularity if row["model"] == "MARN"]
+    assert [row["level"] for row in marn_rows] == list(range(10))  # data.popularity_levels: every level shown
+    assert sum(row["n_samples"] for row in marn_rows) == 80
     attention = json.loads((tmp_path / "plots/modality_attention.json").read_text())
     assert {row["model"] for row in attention} == {"MARN"}  # BaseModel+IDs has no attention over modalities
     assert {row["modality"] for row in attention} == {"ids", "image", "title", "statistics"}
@@ -100,3 +112,78 @@ def test_evaluate_models_writes_metrics_popularity_auc_and_attention(tiny_data, 
     with pytest.raises(FileNotFoundError, match="train 'BaseModel\\+MAF'"):
         evaluate_models(cfg, ["BaseModel+MAF"], tiny_data.prepared_dir, tiny_data.features_dir, tmp_path / "models",
                         out_path, plots_dir=tmp_path / "plots")
+
+    # k = 1 is the prepare stage's negative alone: user_auc exactly as eq. 11 on the test split, no extra key
+    dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6, time_gap_buckets=6)
+    table = load_item_table(tiny_data.prepared_dir, tiny_data.features_dir)
+    more = validate(OmegaConf.merge(cfg, {"evaluate": {"test_negatives": 3, "seed": 5}}))
+    with_more = evaluate_models(more, names, tiny_data.prepared_dir, tiny_data.features_dir, tmp_path / "models",
+                                tmp_path / "metrics" / "eval3.json", plots_dir=tmp_path / "plots3")
+    extra_rows = copy.copy(dataset)
+    extra_rows.samples = extra_test_negatives(dataset, 3, seed=5)
+    for name in names:
+        model = load_model(model_folder(tmp_path / "models", name) / "model.pt", name, table)
+        first, extra = predict(model, dataset, 64), predict(model, extra_rows, 64)
+        assert results[name]["user_auc"] == ranking_metrics(first["user"], first["label"], first["probability"])[
+            "user_auc"]
+        assert {key: value for key, value in with_more[name].items() if key != "user_auc@3neg"} == results[name]
+        assert with_more[name]["user_auc@3neg"] == ranking_metrics(
+            *(np.r_[first[key], extra[key]] for key in ("user", "label", "probability")))["user_auc"]
+
+
+def test_test_item_levels_are_equal_frequency_over_test_items_against_a_brute_force_count():
+    rng = np.random.default_rng(5)
+    train_count = rng.choice([0, 0, 0, 1, 1, 2, 3, 5, 8, 40], size=60)  # heavy ties, as real item counts have
+    targets = rng.choice(np.arange(RESERVED_ENTRIES, 60), size=200)  # samples repeat items
+    items, levels = popularity_levels_of_test_items(targets, train_count, 10)
+    assert items.tolist() == sorted(set(targets.tolist()))
+    n = len(items)
+    for item, level in zip(items.tolist(), levels.tolist()):
+        # brute force: the items ranked below this one are less popular, or as popular with a smaller index
+        below = sum((train_count[other], other) < (train_count[item], item) for other in items.tolist())
+        assert level == below * 10 // n
+    sizes = [sum(1 for level in levels.tolist() if level == k) for k in range(10)]
+    assert set(sizes) <= {n // 10, -(-n // 10)} and sum(sizes) == n  # 10 levels, equal up to one item
+    for k in range(9):
+        assert train_count[items[levels == k]].max() <= train_count[items[levels == k + 1]].min()
+    with pytest.raises(ValueError, match="data.popularity_levels = 10 needs at least as many distinct test items, "
+                                         "the test split has 3"):
+        popularity_levels_of_test_items(np.array([2, 3, 4, 3]), train_count, 10)
+
+
+def test_popularity_auc_is_the_auc_of_each_levels_samples():
+    rng = np.random.default_rng(6)
+    train_count = rng.integers(0, 6, 40)
+    targets = rng.integers(RESERVED_ENTRIES, 40, 400)
+    labels, scores = rng.integers(0, 2, 400), rng.random(400)
+    rows = popularity_auc({"target_item": targets, "label": labels, "probability": scores}, train_count, 10)
+    items, levels = popularity_levels_of_test_items(targets, train_count, 10)
+    assert [row["level"] for row in rows] == list(range(10))
+    for row in rows:
+        level_items = items[levels == row["level"]]
+        in_level = np.isin(targets, level_items)
+        assert row["n_items"] == len(level_items) and row["n_samples"] == int(in_level.sum())
+        assert row["min_train_interactions"] == train_count[level_items].min()
+        assert row["max_train_interactions"] == train_count[level_items].max()
+        # rank arithmetic vs sklearn's pair count on the same float64 scores: equal to rounding
+        assert row["auc"] == pytest.approx(roc_auc_score(labels[in_level], scores[in_level]), abs=1e-12)
+
+
+def test_extra_test_negatives_are_seeded_untouched_and_follow_each_click(tiny_data):  # noqa: F811
+    dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
+    rows = extra_test_negatives(dataset, 4, seed=0)
+    positives = dataset.samples[dataset.samples["label"] == 1]
+    assert len(rows) == 3 * len(positives) and (rows["label"] == 0).all()
+    np.testing.assert_array_equal(rows["user"], np.repeat(positives["user"], 3))
+    np.testing.assert_array_equal(rows["pos"], np.repeat(positives["pos"], 3))  # the click's own history
+    for user, item in zip(rows["user"].tolist(), rows["item"].tolist()):
+        touched = set(dataset.seq_items[dataset.offsets[user]:dataset.offsets[user + 1]].tolist())
+        assert item not in touched and RESERVED_ENTRIES <= item < len(dataset.item_cold)
+    assert np.array_equal(rows, extra_test_negatives(dataset, 4, seed=0))
+    assert not np.array_equal(rows["item"], extra_test_negatives(dataset, 4, seed=1)["item"])
+    assert len(extra_test_negatives(dataset, 1, seed=0)) == 0
+
+
+def test_test_negatives_below_one_is_refused():
+    with pytest.raises(ConfigError, match="evaluate.test_negatives must be > 0, got 0"):
+        validate(OmegaConf.create({"evaluate": {"test_negatives": 0}}))

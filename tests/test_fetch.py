@@ -165,8 +165,9 @@ def test_unknown_category_is_named_with_a_suggestion(tmp_path):
 
 
 def test_unknown_source_lists_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match="unknown source 'amazon2023'.*synthetic, amazon2014, amazon2018, files"):
-        fetch(data_cfg(source="amazon2023"), tmp_path)
+    with pytest.raises(ConfigError, match="unknown source 'amazon2030'.*synthetic, amazon2014, amazon2018, amazon2023, "
+                                          "files, interactions"):
+        fetch(data_cfg(source="amazon2030"), tmp_path)
 
 
 def test_files_source_names_the_missing_key(shared_data, tmp_path):

@@ -131,3 +131,27 @@ def test_title_cnn_max_pools_each_window_over_time():
     with pytest.raises(ValueError, match="shorter than the widest window 4"):
         cnn(ids[:, :3])
     assert TitleCNN(vectors, freeze=False, filters=3).word_vectors.weight.requires_grad
+
+
+@pytest.mark.parametrize("ids", [
+    [[2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, 0], [9, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0] * 12],  # padding trimmed
+    [[2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5], [9, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0] * 12],  # one full title
+    [[0] * 12, [0] * 12],  # no words at all
+])
+def test_title_cnn_equals_the_convolutions_in_value_and_gradient(ids):
+    torch.manual_seed(0)
+    vectors = torch.randn(10, 6)
+    vectors[0] = 0
+    cnn = TitleCNN(vectors, freeze=True, filters=3)
+    cnn.convolutions[1].bias.data.fill_(5.0)  # a max at an all-padding window, which the trimmed titles must keep
+    ids = torch.tensor(ids)
+    upstream = torch.randn(len(ids), 9)
+    words = vectors[ids].transpose(1, 2)
+    expected = torch.cat([F.relu(conv(words)).amax(dim=2) for conv in cnn.convolutions], dim=1)
+    expected_grads = torch.autograd.grad(expected, list(cnn.convolutions.parameters()), upstream)
+    out = cnn(ids)
+    grads = torch.autograd.grad(out, list(cnn.convolutions.parameters()), upstream)
+    # float32 defaults: the same products summed in another order (per offset, then over offsets)
+    torch.testing.assert_close(out, expected)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad)

@@ -12,16 +12,25 @@ from marn.data.dataset import CTRDataset
 from marn.data.item_table import RESERVED_ENTRIES
 from marn.models.base import CTRModel
 
-PROTOCOL = (
+_QUERIES = (
     "A query is a positive test sample whose target item is cold (in no training sample); "
-    "`analysis.cold_start_queries` of them are drawn uniformly (0: all) with seed `analysis.seed`. Its candidates are "
-    "the clicked item and every item the user never interacted with (reserved indices excluded), drawn down to "
-    "`analysis.cold_start_candidates` - 1 of them (0: no limit), uniformly without replacement, when there "
-    "are more. The model scores every candidate with the user's test history; the clicked item's rank "
+    "`analysis.cold_start_queries` of them are drawn uniformly (0: all) with seed `analysis.seed`. "
+)
+_RANKING = (
+    "drawn down to `analysis.cold_start_candidates` - 1 of them (0: no limit), uniformly without replacement, when "
+    "there are more. The model scores every candidate with the user's test history; the clicked item's rank "
     "counts the other candidates scoring at least as high (ties count against it). recall@N is the share of "
     "queries ranked within the top N, averaged over runs; RANDOM is the expected recall of a uniformly random "
     "order, min(N, C) / C for C candidates, averaged over queries. With N at or above the number of candidates "
     "recall is 1 for every model."
+)
+UNSEEN_PROTOCOL = (  # the paper's §4.6.2: the candidate set is new items only
+    _QUERIES + "Its candidates are the clicked item and every other unseen item (no training interaction) the "
+    "user never interacted with (reserved indices excluded), " + _RANKING
+)
+MIXED_PROTOCOL = (  # not the paper's: warm items compete too, which an ID model can rank by popularity
+    _QUERIES + "Its candidates are the clicked item and every item, seen in training or not, the user never "
+    "interacted with (reserved indices excluded), " + _RANKING
 )
 
 
@@ -31,10 +40,11 @@ class ColdStartQuery:
     candidates: np.ndarray  # item indices, the clicked item first
 
 
-def cold_start_queries(dataset: CTRDataset, max_queries: int, max_candidates: int, rng: np.random.Generator
-                       ) -> list[ColdStartQuery]:
+def cold_start_queries(dataset: CTRDataset, max_queries: int, max_candidates: int, rng: np.random.Generator,
+                       unseen_only: bool) -> list[ColdStartQuery]:
     """One query per positive test sample with a cold target, `max_queries` of them drawn when there are more;
-    0 keeps every query or every candidate."""
+    0 keeps every query or every candidate. Candidates: `UNSEEN_PROTOCOL` if `unseen_only`, else `MIXED_PROTOCOL`;
+    the queries drawn depend on `rng` only, not on `unseen_only`."""
     if max_queries < 0:
         raise ValueError(f"analysis.cold_start_queries must be 0 (all) or more, got {max_queries}")
     if max_candidates < 0 or max_candidates == 1:
@@ -44,11 +54,14 @@ def cold_start_queries(dataset: CTRDataset, max_queries: int, max_candidates: in
     rows = np.flatnonzero((samples["label"] == 1) & dataset.item_cold[samples["item"]])
     if max_queries and len(rows) > max_queries:
         rows = np.sort(rng.choice(rows, size=max_queries, replace=False))
+    pool = np.arange(RESERVED_ENTRIES, n_items)
+    if unseen_only:
+        pool = pool[dataset.item_cold[pool]]
     queries = []
     for row in rows:
         user, clicked = int(samples["user"][row]), int(samples["item"][row])
         touched = dataset.seq_items[dataset.offsets[user]:dataset.offsets[user + 1]]
-        others = np.setdiff1d(np.arange(RESERVED_ENTRIES, n_items), np.r_[touched, clicked])
+        others = np.setdiff1d(pool, np.r_[touched, clicked])
         if max_candidates and len(others) > max_candidates - 1:
             others = np.sort(rng.choice(others, size=max_candidates - 1, replace=False))
         queries.append(ColdStartQuery(int(row), np.r_[clicked, others].astype(np.int64)))

@@ -3,7 +3,8 @@
 `write_report` evaluates every model of `train.models` in every seed run (`marn.analysis.runs`) on the test
 split, and MARN in every lambda0 run, then writes into `analysis.out_dir`:
 - `paper_tables.md`: Tables 2 and 3 (user-AUC mean ± sd over runs, Welch's t-test of MARN against the best
-  baseline), Table 4 (AUC per popularity level), Table 5 (cold-start recall@N, protocol included), the figures;
+  baseline), Table 4 (AUC per popularity level, levels defined), Table 5 (cold-start recall@N among unseen
+  candidates, the paper's protocol, and among all candidates, both protocols included), the figures;
 - `paper_tables.json`: the same numbers (`build_report`'s summary), for `dvc metrics`;
 - `figures/`: `fig5_tsne.png`, `fig6_losses.png` and, with a lambda0 sweep, `fig6_lambda0.png`.
 """
@@ -31,7 +32,7 @@ from marn.analysis.tables import render_report
 from marn.config import resolve_path
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import ItemTable, load_item_table
-from marn.evaluate import popularity_auc, predict, ranking_metrics
+from marn.evaluate import popularity_auc, predict, ranking_metrics, train_interactions
 from marn.models.persistence import load_model
 from marn.models.registry import check_model_name, model_folder
 
@@ -49,10 +50,12 @@ def _mean_or_none(values: list[float | None]) -> float | None:
 
 
 def _popularity_table(rows_by_model: dict[str, list[list[dict]]]) -> dict | None:
-    """Mean AUC over runs per popularity level for MARN and BaseModel+IDs, and their gap."""
+    """Mean AUC over runs per popularity level for MARN and BaseModel+IDs, their gap, and each level's items,
+    samples and training-interaction range (the same in every run: levels depend on the test split only)."""
     if not {PROPOSED, UNIMODAL_BASE} <= set(rows_by_model):
         return None
-    levels = sorted({row["level"] for runs in rows_by_model.values() for rows in runs for row in rows})
+    first_run = rows_by_model[PROPOSED][0]
+    levels = [row["level"] for row in first_run]
     means = {}
     for model in (PROPOSED, UNIMODAL_BASE):
         per_level = {level: [] for level in levels}
@@ -61,7 +64,9 @@ def _popularity_table(rows_by_model: dict[str, list[list[dict]]]) -> dict | None
                 per_level[row["level"]].append(row["auc"])
         means[model] = [_mean_or_none(per_level[level]) for level in levels]
     gap = [None if a is None or b is None else a - b for a, b in zip(means[PROPOSED], means[UNIMODAL_BASE])]
-    return {"levels": levels, "rows": {**means, "gap": gap}}
+    return {"levels": levels, "rows": {**means, "gap": gap},
+            **{key: [row[key] for row in first_run]
+               for key in ("n_items", "n_samples", "min_train_interactions", "max_train_interactions")}}
 
 
 def _cold_start_table(ranks_by_model: dict[str, list[np.ndarray]], n_candidates: np.ndarray, cutoffs: list[int]
@@ -104,8 +109,8 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
     """Evaluate the runs, draw the figures into `figures_dir` and return the summary the report renders.
 
     Reads `train.models`, `train.seed`, `train.seeds`, `train.lambda0`, `train.num_threads`, `data.source`,
-    `data.category`, `data.max_len`, `data.time_gap_buckets`, `ops.backend`, `evaluate.batch_size` and the
-    `analysis` section.
+    `data.category`, `data.max_len`, `data.time_gap_buckets`, `data.popularity_levels`, `ops.backend`,
+    `evaluate.batch_size` and the `analysis` section.
     """
     model_names = [check_model_name(str(name)) for name in cfg.train.models]
     analysis, batch_size = cfg.analysis, int(cfg.evaluate.batch_size)
@@ -125,18 +130,23 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         _draw_tsne(cfg, table, models_root, figures["fig5_tsne"])
 
     runs = seed_runs(cfg.train, models_root)
-    queries = cold_start_queries(dataset, int(analysis.cold_start_queries), int(analysis.cold_start_candidates),
-                                 np.random.default_rng(int(analysis.seed)))
+    # one rng per pool, both seeded alike, so both tables rank the same queries
+    queries = {pool: cold_start_queries(dataset, int(analysis.cold_start_queries), int(analysis.cold_start_candidates),
+                                        np.random.default_rng(int(analysis.seed)), unseen_only=pool == "unseen")
+               for pool in ("unseen", "mixed")}
+    train_count, n_levels = train_interactions(prepared_dir), int(cfg.data.popularity_levels)
     user_auc: dict[str, list[float]] = {}
     popularity_rows: dict[str, list[list[dict]]] = {}
-    ranks: dict[str, list[np.ndarray]] = {}
+    ranks: dict[str, dict[str, list[np.ndarray]]] = {pool: {} for pool in queries}
     for name in model_names:
         for run in runs:
             model, predictions = _evaluate(name, run, table, dataset, batch_size)
             user_auc.setdefault(name, []).append(_user_auc(predictions))
             if name in (PROPOSED, UNIMODAL_BASE):
-                popularity_rows.setdefault(name, []).append(popularity_auc(predictions))
-                ranks.setdefault(name, []).append(clicked_item_ranks(model, dataset, queries, batch_size))
+                popularity_rows.setdefault(name, []).append(popularity_auc(predictions, train_count, n_levels))
+                for pool, pool_queries in queries.items():
+                    ranks[pool].setdefault(name, []).append(clicked_item_ranks(model, dataset, pool_queries,
+                                                                               batch_size))
 
     lambda0_auc: dict[float, float] = {}  # every lambda0 run has seed train.seed, so the curve compares like with like
     for run in lambda0_runs(cfg.train, analysis.lambda0_grid, models_root):
@@ -158,7 +168,9 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         "user_auc": {name: _spread_entry(values) for name, values in user_auc.items()},
         "significance": best_baseline_test(user_auc),
         "popularity_auc": _popularity_table(popularity_rows),
-        "cold_start_recall": _cold_start_table(ranks, np.array([len(q.candidates) for q in queries]), cutoffs),
+        **{f"cold_start_recall_{pool}": _cold_start_table(
+            ranks[pool], np.array([len(query.candidates) for query in pool_queries]), cutoffs)
+           for pool, pool_queries in queries.items()},
         "lambda0": {"values": sorted(lambda0_auc), "user_auc": [lambda0_auc[value] for value in sorted(lambda0_auc)]},
         "figures": {key: f"{FIGURES}/{path.name}" for key, path in figures.items()},
     }

@@ -109,6 +109,8 @@ class Reviews:
     times: np.ndarray  # int64 unix seconds
     ratings: np.ndarray  # float64, NaN where absent
     lines: np.ndarray  # int64 line numbers, for reporting
+    types: np.ndarray | None = None  # int8 behaviour type per review (index into type_names); None: all 0
+    type_names: tuple[str, ...] = ()  # the behaviour type names of a file that has them
 
 
 def _review_time(record: dict) -> int | None:
@@ -159,8 +161,7 @@ class ItemMeta:
     category: str
     brand: str
     image_ref: str
-    price: float
-    sales_rank: float
+    statistics: dict[str, float]  # by statistic name; a missing one is NaN or absent
 
 
 def _leaf_category(record: dict) -> str:
@@ -243,7 +244,6 @@ def read_meta(path: Path, wanted_asins: set[str], skips: SkipLog, max_bad_share:
             category=_leaf_category(record),
             brand=brand.strip() if isinstance(brand, str) else "",
             image_ref=_image_ref(record),
-            price=stats["price"],
-            sales_rank=stats["sales_rank"],
+            statistics=stats,
         )
     return items

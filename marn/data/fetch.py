@@ -1,7 +1,8 @@
 """The `fetch` stage's logic: put one dataset's raw reviews and metadata into a folder, checksummed.
 
 `data.source` picks where they come from: the embedded synthetic generator, a category of the
-Amazon 2014 (McAuley et al.) or 2018 (Ni et al.) release, or any two files given as paths or URLs.
+Amazon 2014 (McAuley et al.), 2018 (Ni et al.) or 2023 (Hou et al.) release, any two files given as paths
+or URLs, or an interaction table with an optional item table (`interactions`).
 `fetch.json` in the folder records what came from where, so the parser finds the files by role.
 """
 
@@ -10,11 +11,12 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
 
 from marn.config import ConfigError
 from marn.data.amazon import open_text, parse_record
@@ -22,7 +24,9 @@ from marn.data.download import download, file_sha256
 
 FETCH_RECORD = "fetch.json"
 SYNTHETIC_NAME = "Synthetic"
-META_SCHEMAS = ("amazon2014", "amazon2018")
+META_SCHEMAS = ("amazon2014", "amazon2018", "amazon2023")
+# 2023 item lines are keyed by parent_asin (and carry categories, a 2014 key, so they are told apart first).
+_META_2023_KEYS = frozenset({"parent_asin", "main_category", "rating_number", "store"})
 # Fields only one release's metadata has: 2014 writes imUrl/categories/salesRank, 2018 imageURL/category/rank.
 _META_2018_KEYS = frozenset({"imageURL", "imageURLHighRes", "image", "category", "main_cat", "rank"})
 _META_2014_KEYS = frozenset({"imUrl", "categories", "salesRank", "related"})
@@ -76,6 +80,24 @@ AMAZON_RELEASES = {
             "Toys_and_Games", "Video_Games",
         ),
     ),
+    # The 2023 release (amazon-reviews-2023.github.io): all reviews per category (no 5-core files; set
+    # data.min_interactions: 5 for the papers' 5-core subsets). Also served under
+    # https://mcauleylab.ucsd.edu/public_datasets/data/amazon_2023/raw (set data.base_url to use it).
+    "amazon2023": AmazonRelease(
+        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw",
+        reviews_path="review_categories/{category}.jsonl.gz",
+        meta_path="meta_categories/meta_{category}.jsonl.gz",
+        categories=(
+            "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",
+            "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories",
+            "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food",
+            "Handmade_Products", "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
+            "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV",
+            "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Software",
+            "Sports_and_Outdoors", "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games",
+            "Video_Games", "Unknown",
+        ),
+    ),
 }
 
 
@@ -83,22 +105,24 @@ def fetch(cfg: Any, raw_dir: Path) -> dict:
     """Fetch the dataset `cfg` (the `data` section: a DictConfig or `DataConfig`) describes into `raw_dir`.
 
     Returns the summary that is also written to `raw_dir/fetch.json`: source, category, per role
-    (reviews, meta) the file's name, size and sha256, the urls, the detected meta schema, seconds.
+    (reviews, meta) the file's name, size and sha256, the urls, the detected meta schema. No timings or
+    machine paths: the same data gives the same bytes on any machine, so DVC reruns nothing downstream.
     """
-    started = time.perf_counter()
     fetchers = {
         "synthetic": _fetch_synthetic,
         "amazon2014": _fetch_amazon,
         "amazon2018": _fetch_amazon,
+        "amazon2023": _fetch_amazon,
         "files": _fetch_files,
+        "interactions": _fetch_interactions,
     }
     if cfg.source not in fetchers:
         raise ConfigError(f"data.source: unknown source {cfg.source!r}; valid sources: {', '.join(fetchers)}")
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     summary = fetchers[cfg.source](cfg, raw_dir)
-    summary["meta_schema"] = detect_meta_schema(raw_dir / summary["files"]["meta"]["name"])
-    summary["seconds"] = round(time.perf_counter() - started, 3)
+    meta = summary["files"].get("meta")  # an interactions source may have no item table, and no meta schema
+    summary["meta_schema"] = detect_meta_schema(raw_dir / meta["name"]) if meta else None
     _remove_stale_files(raw_dir, summary)
     record = json.loads(json.dumps(summary, default=_to_plain))  # callers get exactly what fetch.json holds
     _write_json_atomically(raw_dir / FETCH_RECORD, record)
@@ -106,7 +130,7 @@ def fetch(cfg: Any, raw_dir: Path) -> dict:
 
 
 def amazon_urls(source: str, category: str, base_url: str | None = None) -> dict[str, str]:
-    """The reviews and meta URLs of `category` in the `source` release ("amazon2014" or "amazon2018")."""
+    """The reviews and meta URLs of `category` in the `source` release ("amazon2014", "amazon2018", "amazon2023")."""
     release = AMAZON_RELEASES[source]
     if category not in release.categories:
         close = difflib.get_close_matches(category, release.categories, n=3)
@@ -119,7 +143,8 @@ def amazon_urls(source: str, category: str, base_url: str | None = None) -> dict
 
 
 def fetched_files(raw_dir: Path) -> dict[str, Path]:
-    """The files `fetch` put in `raw_dir`, by role ("reviews", "meta", and "truth" for synthetic data)."""
+    """The files `fetch` put in `raw_dir`, by role ("reviews", "meta", and "truth" for synthetic data;
+    "interactions" and, where given, "items" for an interactions source)."""
     summary_path = Path(raw_dir) / FETCH_RECORD
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} not found: run the fetch stage first")
@@ -127,11 +152,24 @@ def fetched_files(raw_dir: Path) -> dict[str, Path]:
     return {role: Path(raw_dir) / entry["name"] for role, entry in summary["files"].items()}
 
 
+
+def fetched_origins(raw_dir: Path) -> dict[str, str]:
+    """Each fetched file by role as the user named it: `data.<role>=<value>` for files they gave, the URL of a
+    release file, or the file's name for generated data. Error messages name these, not the copies in raw_dir."""
+    from marn.config import DATA_SOURCES
+
+    summary = json.loads((Path(raw_dir) / FETCH_RECORD).read_text())
+    urls = summary.get("urls") or {}
+    given = bool(DATA_SOURCES.get(summary["source"]))  # sources whose files are data.* values
+    return {role: (f"data.{role}={urls[role]}" if given else urls[role]) if role in urls else entry["name"]
+            for role, entry in summary["files"].items()}
+
 def detect_meta_schema(path: Path) -> str:
     """Which release's layout a metadata file (.json or .json.gz) follows, from its first non-empty line.
 
     "amazon2014": the 2014 field names (imUrl, categories, salesRank), lines usually Python literals;
-    "amazon2018": the 2018 field names (imageURL/image, category, main_cat, rank), strict JSON.
+    "amazon2018": the 2018 field names (imageURL/image, category, main_cat, rank), strict JSON;
+    "amazon2023": the 2023 field names (parent_asin, main_category, rating_number, store), strict JSON.
     """
     line = _first_non_empty_line(Path(path))
     try:
@@ -144,6 +182,8 @@ def detect_meta_schema(path: Path) -> str:
         return "amazon2014"  # only the 2014 release writes Python literals
     if not isinstance(record, dict):
         raise ValueError(f"{path}: first line is not an object: {line[:80]!r}")
+    if record.keys() & _META_2023_KEYS:
+        return "amazon2023"
     if record.keys() & _META_2018_KEYS:
         return "amazon2018"
     if record.keys() & _META_2014_KEYS:
@@ -192,17 +232,28 @@ def _fetch_amazon(cfg: Any, raw_dir: Path) -> dict:
 
 
 def _fetch_files(cfg: Any, raw_dir: Path) -> dict:
+    return _fetch_given_files(cfg, raw_dir, required=("reviews", "meta"), optional=())
+
+
+def _fetch_interactions(cfg: Any, raw_dir: Path) -> dict:
+    return _fetch_given_files(cfg, raw_dir, required=("interactions",), optional=("items",))
+
+
+def _fetch_given_files(cfg: Any, raw_dir: Path, required: tuple[str, ...], optional: tuple[str, ...]) -> dict:
+    """Download the files `data.<role>` names: every role of `required`, and those of `optional` that are set."""
     urls = {}
-    for role in ("reviews", "meta"):
-        value = getattr(cfg, role, None)
-        if not value:
-            raise ConfigError(f"data.source=files needs data.{role}: a local path or a file:// / http(s):// URL")
-        urls[role] = str(value)
+    for role in required + optional:
+        value = cfg[role] if isinstance(cfg, DictConfig) else getattr(cfg, role, None)  # DictConfig.items is a method
+        if not value and role in required:
+            raise ConfigError(f"data.source={cfg.source} needs data.{role}: a local path or a file:// / http(s):// URL")
+        if value:
+            urls[role] = str(value)
     names = {role: _base_name(url) for role, url in urls.items()}
-    if names["reviews"] == names["meta"]:
-        raise ConfigError(f"data.reviews and data.meta have the same file name {names['meta']!r}; rename one")
+    if len(set(names.values())) < len(names):
+        first, second = list(names)[:2]
+        raise ConfigError(f"data.{first} and data.{second} have the same file name {names[second]!r}; rename one")
     return {
-        "source": "files",
+        "source": cfg.source,
         "category": None,
         "files": {role: _describe(download(urls[role], raw_dir / names[role])) for role in urls},
         "urls": urls,

@@ -13,15 +13,16 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from marn.data.amazon import STATISTIC_NAMES, SkipLog, read_meta, read_reviews
-from marn.data.fetch import fetched_files
+from marn.data.amazon import SkipLog
+from marn.data.fetch import fetched_files, fetched_origins
+from marn.data.layouts import INTERACTION_STATISTICS, missing_modalities, read_dataset
 from marn.data.text import tokenize
 
 PAD, OOV = 0, 1
@@ -35,12 +36,17 @@ class PrepareOptions:
     stat_granularities: tuple[int, ...] = (10, 100)
     popularity_levels: int = 10
     max_bad_line_share: float = 0.5
+    min_interactions: int = 0  # k-core: drop users and items with fewer interactions, until none is left
+    columns: dict[str, str] = field(default_factory=dict)  # table column of each role (user, item, ...)
 
     @classmethod
     def from_config(cls, data_cfg) -> "PrepareOptions":
         return cls(seed=int(data_cfg.seed), stat_granularities=tuple(int(g) for g in data_cfg.stat_granularities),
                    popularity_levels=int(data_cfg.popularity_levels),
-                   max_bad_line_share=float(data_cfg.max_bad_line_share))
+                   max_bad_line_share=float(data_cfg.max_bad_line_share),
+                   min_interactions=int(getattr(data_cfg, "min_interactions", 0)),
+                   columns={role: str(name) for role, name in dict(getattr(data_cfg, "columns", None) or {}).items()
+                            if name})
 
 
 def _vocabulary(values: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -84,6 +90,22 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, pool: np.ndarr
     return negatives
 
 
+def k_core(users: np.ndarray, items: np.ndarray, keep: np.ndarray, k: int) -> np.ndarray:
+    """`keep` narrowed until every kept user and item has at least `k` distinct kept user-item pairs."""
+    _, user_idx = np.unique(users, return_inverse=True)
+    _, item_idx = np.unique(items, return_inverse=True)
+    n_users, n_items = int(user_idx.max(initial=-1)) + 1, int(item_idx.max(initial=-1)) + 1
+    pair_keys = user_idx.astype(np.int64) * n_items + item_idx
+    while True:
+        pairs = np.unique(pair_keys[keep])
+        user_count = np.bincount(pairs // n_items, minlength=n_users)
+        item_count = np.bincount(pairs % n_items, minlength=n_items)
+        narrowed = keep & (user_count[user_idx] >= k) & (item_count[item_idx] >= k)
+        if narrowed.sum() == keep.sum():
+            return narrowed
+        keep = narrowed
+
+
 def _atomic_dir_swap(tmp_dir: Path, out_dir: Path) -> None:
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
@@ -99,20 +121,34 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
             meta_path: Path | None = None, progress: bool = True) -> dict:
     """Prepare one dataset; returns the report also written to `out_dir/report.json`."""
     started = time.time()
-    if reviews_path is None or meta_path is None:
+    fetched = reviews_path is None
+    if fetched:  # interactions (reviews) and, where there is one, the catalogue (meta) fetch brought
         files = fetched_files(Path(raw_dir))
-        reviews_path, meta_path = files["reviews"], files["meta"]
+        reviews_path, meta_path = files.get("reviews", files.get("interactions")), files.get("meta", files.get("items"))
     skips = SkipLog()
     say = print if progress else (lambda *a, **k: None)
 
-    say(f"prepare: reading {reviews_path}")
-    reviews = read_reviews(reviews_path, skips, options.max_bad_line_share)
-    say(f"prepare: {len(reviews.users):,} reviews read; reading {meta_path}")
-    meta = read_meta(meta_path, set(reviews.asins.tolist()), skips, options.max_bad_line_share)
+    say(f"prepare: reading {reviews_path} and {meta_path or 'no item table'}")
+    raw = read_dataset(Path(reviews_path), meta_path and Path(meta_path), options.columns, skips,
+                       options.max_bad_line_share)
+    reviews, meta = raw.reviews, raw.meta
+    say(f"prepare: {len(reviews.users):,} interactions and {len(meta):,} of their items read")
 
     known = np.fromiter((a in meta for a in reviews.asins), dtype=bool, count=len(reviews.asins))
     for line_no in reviews.lines[~known]:
         skips.add("unknown_item", f"{reviews_path.name}:{line_no}")
+    if len(reviews.asins) and not known.any():
+        named = fetched_origins(Path(raw_dir)) if fetched else {"reviews": str(reviews_path), "meta": str(meta_path)}
+        raise ValueError(f"none of the {len(set(reviews.asins.tolist())):,} items of "
+                         f"{named.get('reviews', named.get('interactions'))} is in "
+                         f"{named.get('meta', named.get('items'))}: are both files of the same dataset?")
+    if options.min_interactions > 1:
+        in_core = k_core(reviews.users, reviews.asins, known, options.min_interactions)
+        outside = int(known.sum() - in_core.sum())
+        if outside:
+            skips.add(f"outside_{options.min_interactions}_core", f"{outside} interactions", n=outside)
+        known = in_core
+        meta = {a: meta[a] for a in set(reviews.asins[known].tolist())}
     user_vocab, user_idx = _vocabulary(np.where(known, reviews.users, ""))
     asins_sorted = sorted(meta)
     item_vocab = list(RESERVED) + asins_sorted
@@ -124,15 +160,17 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
     # Order by (user, time, item, line) so ties in time resolve the same way on every run.
     order = np.lexsort((reviews.lines, item_idx, reviews.times, user_idx))
     order = order[known[order]]
-    u, it, t, rating, line = (user_idx[order], item_idx[order], reviews.times[order],
-                              reviews.ratings[order], reviews.lines[order])
+    types = reviews.types if reviews.types is not None else np.zeros(len(reviews.users), dtype=np.int8)
+    u, it, t, rating, line, ty = (user_idx[order], item_idx[order], reviews.times[order],
+                                  reviews.ratings[order], reviews.lines[order], types[order])
     pair_keys = u.astype(np.int64) * n_items + it
     touched, first_index = np.unique(pair_keys, return_index=True)
     first_of_pair = np.zeros(len(u), dtype=bool)
     first_of_pair[first_index] = True
     for line_no in line[~first_of_pair]:
         skips.add("duplicate_review", f"{reviews_path.name}:{line_no}")
-    u, it, t, rating = u[first_of_pair], it[first_of_pair], t[first_of_pair], rating[first_of_pair]
+    u, it, t, rating, ty = (u[first_of_pair], it[first_of_pair], t[first_of_pair], rating[first_of_pair],
+                            ty[first_of_pair])
 
     n_users = len(user_vocab)
     counts = np.bincount(u, minlength=n_users)
@@ -184,13 +222,14 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_rating = np.where(rating_n > 0, rating_sum / np.maximum(rating_n, 1), np.nan)
     metas = [None, None] + [meta[a] for a in asins_sorted]
-    price = np.array([math.nan if m is None else m.price for m in metas])
-    sales_rank = np.array([math.nan if m is None else m.sales_rank for m in metas])
-    statistics = np.stack([train_count.astype(np.float64), mean_rating, price, sales_rank], axis=1)
+    statistic_names = INTERACTION_STATISTICS + raw.meta_statistics
+    catalogue = [np.array([math.nan if m is None else m.statistics.get(name, math.nan) for m in metas])
+                 for name in raw.meta_statistics]
+    statistics = np.stack([train_count.astype(np.float64), mean_rating, *catalogue], axis=1)
     statistics[: len(RESERVED)] = np.nan
     boundaries = {
         f"g{g}": np.stack([equal_frequency_boundaries(statistics[len(RESERVED):, k], g)
-                           for k in range(len(STATISTIC_NAMES))])
+                           for k in range(len(statistic_names))])
         for g in options.stat_granularities
     }
 
@@ -213,7 +252,7 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
         "title": pa.array(titles),
         "title_tokens": pa.array([tokenize(title) for title in titles], type=pa.list_(pa.string())),
         "image_ref": pa.array([m.image_ref if m else "" for m in metas]),
-        **{name: pa.array(statistics[:, k]) for k, name in enumerate(STATISTIC_NAMES)},
+        **{name: pa.array(statistics[:, k]) for k, name in enumerate(statistic_names)},
         "train_count": pa.array(train_count.astype(np.int64)),
         "popularity_level": pa.array(levels),
         "cold": pa.array(cold),
@@ -221,8 +260,8 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
 
     test_positive_items = test["item"][test["label"] == 1]
     report = {
-        "reviews_file": str(reviews_path),
-        "meta_file": str(meta_path),
+        "reviews_file": Path(reviews_path).name,  # names, not paths: the report is the same on every machine
+        "meta_file": Path(meta_path).name if meta_path else None,
         "reviews_kept": int(len(u)),
         "users": int(n_users - len(RESERVED)),
         "users_with_samples": int((counts >= 2).sum()),
@@ -235,27 +274,39 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
         "test_positives": int(test["label"].sum()),
         "cold_test_items": int(np.unique(test_positive_items[cold[test_positive_items]]).size),
         "cold_test_samples": int(cold[test_positive_items].sum()),
-        "statistics": list(STATISTIC_NAMES),
+        "statistics": list(statistic_names),
         "stat_granularities": list(options.stat_granularities),
         "seed": options.seed,
         **skips.as_report(),
     }
+    # Only where they say something, so the Amazon and synthetic reports stay as they were.
+    if raw.layout != "amazon":
+        report["layout"] = raw.layout
+    if reviews.type_names:
+        report["behaviour_types"] = list(reviews.type_names)
+    if options.min_interactions > 1:
+        report["min_interactions"] = options.min_interactions
+    missing = missing_modalities(meta, raw.meta_statistics)
+    if missing:
+        report["missing_modalities"] = missing
 
     out_dir = Path(out_dir)
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     pq.write_table(table, tmp_dir / "items.parquet")
-    np.savez(tmp_dir / "stat_boundaries.npz", names=np.array(STATISTIC_NAMES), **boundaries)
+    np.savez(tmp_dir / "stat_boundaries.npz", names=np.array(statistic_names), **boundaries)
     np.savez(tmp_dir / "sequences.npz", offsets=offsets, items=it.astype(np.int32), times=t.astype(np.int64),
-             types=np.zeros(len(it), dtype=np.int8))
+             types=ty.astype(np.int8))
     np.save(tmp_dir / "train.npy", train)
     np.save(tmp_dir / "test.npy", test)
-    (tmp_dir / "vocab.json").write_text(json.dumps(
-        {"users": user_vocab, "categories": category_vocab, "brands": brand_vocab}))
-    report["seconds"] = round(time.time() - started, 2)
+    vocab = {"users": user_vocab, "categories": category_vocab, "brands": brand_vocab}
+    if reviews.type_names:
+        vocab["behaviour_types"] = list(reviews.type_names)  # history_types of a scoring request index this
+    (tmp_dir / "vocab.json").write_text(json.dumps(vocab))
     (tmp_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _atomic_dir_swap(tmp_dir, out_dir)
+    report["seconds"] = round(time.time() - started, 2)  # for the console and the run's artifact, not the file
     say(f"prepare: {report['users']:,} users, {report['items']:,} items, {report['train_samples']:,} train / "
         f"{report['test_samples']:,} test samples, skipped {report['skipped']} in {report['seconds']} s")
     return report

@@ -11,12 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from marn.config import resolve_path
-from marn.features.images import extract_image_features, fc7_model
+from marn.features.images import RESERVED_ROWS, Fc7Weights, extract_image_features, fc7_model
 from marn.features.word_vectors import build_word_vectors, encode_titles, write_word_vectors
 
 log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ("item_idx", "title_tokens", "image_ref")
+# What only this run knows (timings, where a resumed run started): in the returned report, not in report.json,
+# whose bytes depend on the data and settings alone.
+RUN_KEYS = frozenset({"seconds", "title_seconds", "image_seconds", "images_per_second", "images_computed",
+                      "resumed_at_row"})
+NO_IMAGE_WEIGHTS = Fc7Weights("none", "no image reference", None)
 
 
 def read_items(path: Path) -> tuple[list[list[str]], list[str]]:
@@ -76,15 +81,20 @@ def build_features(cfg_features, prepared_dir: Path, out_dir: Path, *, raw_dir: 
     log.info("features: %d words (%s, %d-d), out-of-vocabulary rate %.3f",
              len(table.words), table.source, table.dim, title_stats["oov_rate"])
 
-    model, weights = fc7_model(cfg, timeout=cfg.download_timeout_s, retries=cfg.download_retries)
+    if any(image_refs[RESERVED_ROWS:]):
+        model, weights = fc7_model(cfg, timeout=cfg.download_timeout_s, retries=cfg.download_retries)
+    else:  # nothing to look at: the image modality is masked, and no VGG16 weights are fetched or loaded
+        model, weights = None, NO_IMAGE_WEIGHTS
     image_report = extract_image_features(
         image_refs, out_dir, model, weights, cfg, raw_dir=raw_dir, image_cache_dir=resolve_path(cfg.image_cache_dir)
     )
+    if model is None:
+        image_report["image_modality"] = "masked: no item has an image reference, so VGG16 was not loaded"
     report = {**image_report, **title_report, "seconds": round(time.perf_counter() - started, 2)}
     partial = out_dir / "report.json.part"
-    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.write_text(json.dumps({k: v for k, v in report.items() if k not in RUN_KEYS}, indent=2) + "\n")
     os.replace(partial, out_dir / "report.json")
-    log.info("features: %d of %d items have image features (weights: %s), failures %s, %.1f images/s",
-             report["images_ok"], report["items"], report["weights"], report["image_failures"],
-             report["images_per_second"] or 0.0)
+    failures = ", ".join(f"{reason} {n}" for reason, n in report["image_failures"].items()) or "none"
+    print(f"features: {report['images_ok']} of {report['items']} items have image features (weights: "
+          f"{report['weights']}); without one: {failures}; {report['seconds']} s")
     return report

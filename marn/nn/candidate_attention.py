@@ -1,4 +1,5 @@
-"""Attention of the candidate item over the behaviour states: u = sum_t alpha_t h_t over valid steps only."""
+"""Attention of the candidate item over the behaviour states: u = sum_t alpha_t h_t over valid steps only
+(and scored at valid steps only: padding costs no work)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ class CandidateAttention(nn.Module):
 
     def forward(self, states: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """states [B, T, H], candidate [B, C], mask [B, T] bool -> [B, H]."""
-        expanded = candidate.unsqueeze(1).expand(-1, states.shape[1], -1)
-        scores = self.score(torch.cat([states, expanded], dim=-1)).squeeze(-1)
-        # a finite fill keeps an all-padding row free of NaN; multiplying by the mask then zeroes it
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=1) * mask
-        return torch.einsum("bt,bth->bh", weights, states)
+        # scored and summed at the valid steps only; the finite fill at padding keeps a row without a valid step
+        # free of NaN, and such a row sums nothing: u = 0
+        row = mask.nonzero()[:, 0]
+        valid_states = states[mask]
+        valid_scores = self.score(torch.cat([valid_states, candidate[row]], dim=-1)).squeeze(-1)
+        scores = torch.full_like(mask, torch.finfo(states.dtype).min, dtype=states.dtype).masked_scatter(mask, valid_scores)
+        weights = scores.softmax(dim=1)[mask]
+        return states.new_zeros(len(states), states.shape[2]).index_add(0, row, weights.unsqueeze(1) * valid_states)

@@ -5,6 +5,10 @@
 - `triton`: the Triton kernels (on CPU only under TRITON_INTERPRET=1, set before marn.ops is imported);
 - `reference`: the plain-PyTorch reference.
 If the extension cannot be built, `auto`, `cpp` and `cuda` run the reference after one warning.
+
+The ops pick their kernels through `prepared_namespace`, which torch.compile(fullgraph=True) runs
+outside the traced code (the build cannot be traced), recompiling when the selected backend changes.
+torch.func transforms run on the reference backend only; the registered kernels refuse them by name.
 """
 
 from __future__ import annotations
@@ -86,20 +90,48 @@ def op_library(namespace: str, triton_module: str, register: Callable[[str], Non
 
 def namespace_for(device: torch.device) -> str | None:
     """The torch.ops namespace whose kernels run on `device`, or None for the reference."""
-    backend = requested_backend()
+    return _namespace(requested_backend(), device.type)
+
+
+def _namespace(backend: str, device_type: str) -> str | None:
     if backend == "reference":
         return None
     if backend == "triton":
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
                 "ops backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 before importing marn.ops "
                 "to run the Triton kernels in Triton's interpreter"
             )
         return TRITON_NAMESPACE
-    if backend == "cpp" and device.type != "cpu":
-        raise ValueError(f"ops backend 'cpp' runs CPU tensors, got tensors on {device}")
-    if backend == "cuda" and device.type != "cuda":
-        raise ValueError(f"ops backend 'cuda' runs CUDA tensors, got tensors on {device}")
-    if device.type not in ("cpu", "cuda"):
+    if backend == "cpp" and device_type != "cpu":
+        raise ValueError(f"ops backend 'cpp' runs CPU tensors, got tensors on {device_type}")
+    if backend == "cuda" and device_type != "cuda":
+        raise ValueError(f"ops backend 'cuda' runs CUDA tensors, got tensors on {device_type}")
+    if device_type not in ("cpu", "cuda"):
         return None
-    return _compiled_namespace(device)
+    return _compiled_namespace(torch.device(device_type))
+
+
+@torch.compiler.assume_constant_result
+def _prepared_namespace(op_module: str, backend: str, device_type: str) -> str | None:
+    # torch.compile runs this while tracing instead of tracing it (the build and imports cannot be
+    # traced) and keeps the answer; it guards on `backend`, so another backend compiles again.
+    namespace = _namespace(backend, device_type)
+    if namespace is not None:
+        importlib.import_module(op_module).library(namespace)
+    return namespace
+
+
+def prepared_namespace(op: str, op_module: str, device: torch.device) -> str | None:
+    """namespace_for(device), with `op_module.library(namespace)` registered, for the op `op` (named in errors).
+
+    Works inside torch.compile(fullgraph=True). torch.func transforms are refused for the registered
+    ops: torch.library's autograd for them supports no functorch transform (the reference does).
+    """
+    namespace = _prepared_namespace(op_module, requested_backend(), device.type)
+    if namespace is not None and torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            f"{op}: torch.func transforms (grad, vjp, vmap, jacrev, ...) cannot run the {namespace}:: kernels; "
+            "select ops backend 'reference' for them (marn.ops.set_backend('reference') or ops.backend=reference)"
+        )
+    return namespace

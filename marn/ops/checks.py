@@ -18,6 +18,26 @@ def _require(condition: bool, error: type[Exception], op: str, message: str) -> 
         raise error(f"{op}: {message}")
 
 
+def _require_all(condition: torch.Tensor, error: type[Exception], op: str, message: str, detail=lambda: "") -> None:
+    """A check of tensor values: the named error eagerly; under torch.compile, where values are unknown
+    while tracing, a runtime assertion in the graph (its message cannot hold values, so no `detail`).
+    Meta tensors hold no values to check."""
+    if condition.device.type == "meta":
+        return
+    if torch.compiler.is_compiling():
+        torch._assert_async(condition.all(), f"{op}: {message}")
+    elif not bool(condition.all()):
+        raise error(f"{op}: {message}{detail()}")
+
+
+def check_one_device(op: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor on the first one's device. The fake kernels check this too: a single `meta` argument
+    sends a call to them, and they would return uninitialised tensors on the other arguments' device."""
+    (first_name, first), *_ = tensors.items()
+    for name, t in tensors.items():
+        _require(t.device == first.device, ValueError, op, f"{name} is on {t.device} but {first_name} is on {first.device}")
+
+
 def check_dim(op: str, name: str, t: torch.Tensor, dim: int, meaning: str) -> None:
     _require(isinstance(t, torch.Tensor), TypeError, op, f"{name} must be a tensor, got {type(t).__name__}")
     _require(t.dim() == dim, ValueError, op, f"{name} must be a {dim}-D {meaning} tensor, got shape {list(t.shape)}")
@@ -34,8 +54,8 @@ def check_float_group(op: str, tensors: dict[str, torch.Tensor]) -> None:
     """Tensors one kernel reads together: float32/float64, one dtype, one device, contiguous."""
     (first_name, first), *_ = tensors.items()
     _require(first.dtype in FLOAT_DTYPES, TypeError, op, f"{first_name} must be float32 or float64, got {first.dtype}")
+    check_one_device(op, tensors)
     for name, t in tensors.items():
-        _require(t.device == first.device, ValueError, op, f"{name} is on {t.device} but {first_name} is on {first.device}")
         _require(t.dtype == first.dtype, TypeError, op, f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}")
         _require(t.is_contiguous(), ValueError, op, f"{name} must be contiguous, got strides {t.stride()} for shape {list(t.shape)}")
 
@@ -46,10 +66,9 @@ def check_lengths(op: str, lengths: torch.Tensor, batch: int, time: int, device:
     _require(lengths.dtype == torch.int64, TypeError, op, f"lengths must have dtype torch.int64, got {lengths.dtype}")
     _require(lengths.device == device, ValueError, op, f"lengths is on {lengths.device} but x is on {device}")
     if batch:
-        low, high = (int(v) for v in torch.aminmax(lengths))
-        _require(
-            low >= 0 and high <= time, IndexError, op,
-            f"lengths must lie in [0, time] = [0, {time}], got values in [{low}, {high}]",
+        _require_all(
+            (lengths >= 0) & (lengths <= time), IndexError, op, f"lengths must lie in [0, time] = [0, {time}]",
+            lambda: ", got values in [{}, {}]".format(*(int(v) for v in torch.aminmax(lengths))),
         )
 
 
@@ -81,6 +100,35 @@ def check_apgru_biases(op: str, x: torch.Tensor, bias_ih: torch.Tensor, bias_hh:
     check_float_group(op, {"x": x, "bias_ih": bias_ih, "bias_hh": bias_hh})
     check_shape(op, "bias_ih", bias_ih, [3 * hidden], "[3*hidden]")
     check_shape(op, "bias_hh", bias_hh, [3 * hidden], "[3*hidden]")
+
+
+def check_apgru_cell_inputs(
+    op: str,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    prop: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor,
+    bias_hh: torch.Tensor,
+    weight_pz: torch.Tensor,
+) -> None:
+    """The public cell's arguments, before its input projection runs on any backend."""
+    check_dim(op, "x", x, 2, "[batch, input]")
+    check_dim(op, "h", h, 2, "[batch, hidden]")
+    check_dim(op, "prop", prop, 2, "[batch, property]")
+    (batch, inputs), hidden, props = x.shape, h.shape[1], prop.shape[1]
+    check_float_group(op, {
+        "x": x, "h": h, "prop": prop, "weight_ih": weight_ih, "weight_hh": weight_hh,
+        "bias_ih": bias_ih, "bias_hh": bias_hh, "weight_pz": weight_pz,
+    })
+    check_shape(op, "h", h, [batch, hidden], "[batch, hidden]")
+    check_shape(op, "prop", prop, [batch, props], "[batch, property]")
+    check_shape(op, "weight_ih", weight_ih, [3 * hidden, inputs], "[3*hidden, input]")
+    check_shape(op, "weight_hh", weight_hh, [3 * hidden, hidden], "[3*hidden, hidden]")
+    check_shape(op, "bias_ih", bias_ih, [3 * hidden], "[3*hidden]")
+    check_shape(op, "bias_hh", bias_hh, [3 * hidden], "[3*hidden]")
+    check_shape(op, "weight_pz", weight_pz, [hidden, props], "[hidden, property]")
 
 
 def check_apgru_cell_args(
@@ -130,8 +178,8 @@ def check_embedding_args(
             "[statistics * (bins + 1), dim] (one row per bucket plus one for NaN)",
         )
         if b.numel():
-            ordered = bool((b[:, 1:] >= b[:, :-1]).all()) and not bool(b.isnan().any())
-            _require(ordered, ValueError, op, f"every row of boundaries[{g}] must be sorted ascending and free of NaN")
+            ordered = (b[:, 1:] >= b[:, :-1]).all() & ~b.isnan().any()
+            _require_all(ordered, ValueError, op, f"every row of boundaries[{g}] must be sorted ascending and free of NaN")
     return bins
 
 

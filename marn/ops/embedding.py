@@ -19,6 +19,8 @@ import torch
 
 from marn.ops import backend, checks
 
+OP = "multi_granularity_embedding"
+
 
 def multi_granularity_embedding_reference(
     values: torch.Tensor, boundaries: Sequence[torch.Tensor], tables: Sequence[torch.Tensor]
@@ -37,6 +39,7 @@ def multi_granularity_embedding_reference(
 
 
 def _lookup_fake(values, boundaries, tables):
+    checks.check_one_device(OP, {"values": values, **_named("boundaries", boundaries), **_named("tables", tables)})
     slots = values.shape[1] * len(tables)
     return (
         tables[0].new_empty(values.shape[0], slots, tables[0].shape[1]),
@@ -45,6 +48,7 @@ def _lookup_fake(values, boundaries, tables):
 
 
 def _lookup_backward_fake(grad_out, rows, table_rows, deterministic):
+    checks.check_one_device(f"{OP}_backward", {"grad_out": grad_out, "rows": rows})
     return [grad_out.new_empty(size, grad_out.shape[2]) for size in table_rows]
 
 
@@ -54,6 +58,26 @@ def _lookup_setup_context(ctx, inputs, output):
     ctx.save_for_backward(rows)
     ctx.table_rows = [table.shape[0] for table in tables]
     ctx.deterministic = torch.are_deterministic_algorithms_enabled()
+
+
+def _named(name: str, tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{name}[{g}]": t for g, t in enumerate(tensors)}
+
+
+def _lookup_backward_setup_context(ctx, inputs, output):
+    _, rows, table_rows, _ = inputs
+    ctx.save_for_backward(rows)
+    ctx.granularities = len(table_rows)
+
+
+def _lookup_double_backward(ctx, grad_grad_tables):
+    # The backward is linear in grad_out (a scatter by rows), so its own backward is the gather by rows.
+    (rows,) = ctx.saved_tensors
+    num_values, slots = rows.shape
+    granularities = ctx.granularities
+    gathered = [grad_grad_tables[g][rows[:, g::granularities]] for g in range(granularities)]
+    dim = grad_grad_tables[0].shape[1]
+    return torch.stack(gathered, dim=2).reshape(num_values, slots, dim), None, None, None
 
 
 def _register(namespace: str) -> None:
@@ -70,6 +94,10 @@ def _register(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::multi_granularity_embedding_backward", _lookup_backward_fake)
     torch.library.register_autograd(
         f"{namespace}::multi_granularity_embedding", lookup_backward, setup_context=_lookup_setup_context
+    )
+    torch.library.register_autograd(
+        f"{namespace}::multi_granularity_embedding_backward", _lookup_double_backward,
+        setup_context=_lookup_backward_setup_context,
     )
 
 
@@ -89,9 +117,9 @@ def multi_granularity_embedding(
     values = values.contiguous()
     boundaries = [b.contiguous() for b in boundaries]
     tables = [t.contiguous() for t in tables]
-    namespace = backend.namespace_for(values.device)
+    namespace = backend.prepared_namespace(OP, __name__, values.device)
     if namespace is None:
-        checks.check_embedding_args("multi_granularity_embedding", values, boundaries, tables)
+        checks.check_embedding_args(OP, values, boundaries, tables)
         return multi_granularity_embedding_reference(values, boundaries, tables)
-    out, _ = library(namespace).multi_granularity_embedding(values, boundaries, tables)
+    out, _ = getattr(torch.ops, namespace).multi_granularity_embedding(values, boundaries, tables)
     return out

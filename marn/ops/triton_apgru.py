@@ -1,9 +1,12 @@
 """APGRU in Triton: fused gate kernels (forward and backward) behind the `marn_triton::` ops.
 
 Same schemas and layout as the compiled `marn::` ops (see csrc/schema.cpp): the GEMMs (input
-projection of all steps, hidden projection per step, weight gradients) run through torch, each
-step's gates and state update in one Triton kernel. Fake kernels and autograd are registered in
-`marn.ops.apgru`.
+projection of the real steps, hidden projection per step, weight gradients) run through torch, each
+step's gates and state update in one Triton kernel. The sequence op is length-aware like the
+compiled one: rows sorted by length (`pack_plan`), step t over the prefix of rows still running,
+projections and weight gradients over the packed real steps, so its work follows the sum of the
+lengths and padded positions of x, prop and grad_out are never read. Fake kernels and autograd are
+registered in `marn.ops.apgru`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import triton
 import triton.language as tl
 
 from marn.ops import checks
+from marn.ops.apgru import pack_plan
 
 # The interpreter costs ~3 ms per program whatever its size, so it gets few, large blocks; the GPU
 # block is a common default that no measurement here has tuned.
@@ -27,103 +31,96 @@ def _tanh(v):
     return 2.0 * tl.sigmoid(2.0 * v) - 1.0
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit
 def _apgru_gates_forward_kernel(
-    input_gates_ptr, input_gates_row_stride, hidden_gates_ptr, h_prev_ptr, lengths_ptr, t,
-    h_next_ptr, out_ptr, out_row_stride, workspace_ptr, workspace_row_stride, batch, hidden,
-    HAS_LENGTHS: tl.constexpr, HAS_OUT: tl.constexpr, HAS_WORKSPACE: tl.constexpr, BLOCK: tl.constexpr,
+    input_gates_ptr, input_gates_row_stride, hidden_gates_ptr, h_prev_ptr, h_next_ptr, order_ptr,
+    out_ptr, out_row_stride, workspace_ptr, workspace_row_stride, rows, hidden,
+    HAS_OUT: tl.constexpr, HAS_WORKSPACE: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    # Row i of every operand is a running row: the sequence op passes the prefix of rows still running.
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = index < batch * hidden
-    b = index // hidden
+    mask = index < rows * hidden
+    i = index // hidden
     j = index % hidden
-    if HAS_LENGTHS:
-        valid = mask & (t < tl.load(lengths_ptr + b, mask=mask, other=0))
-    else:
-        valid = mask
-    gi = input_gates_ptr + b * input_gates_row_stride + j
-    gh = hidden_gates_ptr + b * 3 * hidden + j
-    h_prev = tl.load(h_prev_ptr + b * hidden + j, mask=mask, other=0.0)
-    r = tl.sigmoid(tl.load(gi, mask=valid, other=0.0) + tl.load(gh, mask=valid, other=0.0))
-    z = tl.sigmoid(tl.load(gi + hidden, mask=valid, other=0.0) + tl.load(gh + hidden, mask=valid, other=0.0))
-    hidden_n = tl.load(gh + 2 * hidden, mask=valid, other=0.0)
-    n = _tanh(tl.load(gi + 2 * hidden, mask=valid, other=0.0) + r * hidden_n)
+    gi = input_gates_ptr + i * input_gates_row_stride + j
+    gh = hidden_gates_ptr + i * 3 * hidden + j
+    h_prev = tl.load(h_prev_ptr + i * hidden + j, mask=mask, other=0.0)
+    r = tl.sigmoid(tl.load(gi, mask=mask, other=0.0) + tl.load(gh, mask=mask, other=0.0))
+    z = tl.sigmoid(tl.load(gi + hidden, mask=mask, other=0.0) + tl.load(gh + hidden, mask=mask, other=0.0))
+    hidden_n = tl.load(gh + 2 * hidden, mask=mask, other=0.0)
+    n = _tanh(tl.load(gi + 2 * hidden, mask=mask, other=0.0) + r * hidden_n)
     h = (1.0 - z) * n + z * h_prev
-    tl.store(h_next_ptr + b * hidden + j, tl.where(valid, h, h_prev), mask=mask)
+    tl.store(h_next_ptr + i * hidden + j, h, mask=mask)
     if HAS_OUT:
-        tl.store(out_ptr + b * out_row_stride + j, tl.where(valid, h, 0.0), mask=mask)
+        # Sorted rank i is batch row order[i]; out_ptr already points at this step.
+        b = tl.load(order_ptr + i, mask=mask, other=0)
+        tl.store(out_ptr + b * out_row_stride + j, h, mask=mask)
     if HAS_WORKSPACE:
-        ws = workspace_ptr + b * workspace_row_stride + j
-        tl.store(ws, tl.where(valid, r, 0.0), mask=mask)
-        tl.store(ws + hidden, tl.where(valid, z, 0.0), mask=mask)
-        tl.store(ws + 2 * hidden, tl.where(valid, n, 0.0), mask=mask)
-        tl.store(ws + 3 * hidden, tl.where(valid, hidden_n, 0.0), mask=mask)
+        ws = workspace_ptr + i * workspace_row_stride + j
+        tl.store(ws, r, mask=mask)
+        tl.store(ws + hidden, z, mask=mask)
+        tl.store(ws + 2 * hidden, n, mask=mask)
+        tl.store(ws + 3 * hidden, hidden_n, mask=mask)
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit
 def _apgru_gates_backward_kernel(
-    grad_h_ptr, grad_out_ptr, grad_out_row_stride, h_prev_ptr, h_prev_row_stride, workspace_ptr,
-    workspace_row_stride, lengths_ptr, t, grad_input_gates_ptr, grad_hidden_gates_ptr, gates_row_stride,
-    grad_direct_ptr, batch, hidden,
-    HAS_LENGTHS: tl.constexpr, HAS_GRAD_OUT: tl.constexpr, BLOCK: tl.constexpr,
+    grad_h_ptr, order_ptr, grad_out_ptr, grad_out_row_stride, h_prev_ptr, h_prev_row_stride, workspace_ptr,
+    workspace_row_stride, grad_input_gates_ptr, grad_hidden_gates_ptr, grad_direct_ptr, rows, hidden,
+    HAS_GRAD_OUT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = index < batch * hidden
-    b = index // hidden
+    mask = index < rows * hidden
+    i = index // hidden
     j = index % hidden
-    if HAS_LENGTHS:
-        valid = mask & (t < tl.load(lengths_ptr + b, mask=mask, other=0))
-    else:
-        valid = mask
-    carried = tl.load(grad_h_ptr + b * hidden + j, mask=mask, other=0.0)
-    dh = carried
+    dh = tl.load(grad_h_ptr + i * hidden + j, mask=mask, other=0.0)
     if HAS_GRAD_OUT:
-        dh += tl.load(grad_out_ptr + b * grad_out_row_stride + j, mask=valid, other=0.0)
-    ws = workspace_ptr + b * workspace_row_stride + j
-    r = tl.load(ws, mask=valid, other=0.0)
-    z = tl.load(ws + hidden, mask=valid, other=0.0)
-    n = tl.load(ws + 2 * hidden, mask=valid, other=0.0)
-    hidden_n = tl.load(ws + 3 * hidden, mask=valid, other=0.0)
-    h_prev = tl.load(h_prev_ptr + b * h_prev_row_stride + j, mask=valid, other=0.0)
-    grad_n = tl.where(valid, dh * (1.0 - z) * (1.0 - n * n), 0.0)
-    grad_z = tl.where(valid, dh * (h_prev - n) * z * (1.0 - z), 0.0)
-    grad_r = tl.where(valid, grad_n * hidden_n * r * (1.0 - r), 0.0)
-    gi = grad_input_gates_ptr + b * gates_row_stride + j
-    gh = grad_hidden_gates_ptr + b * gates_row_stride + j
+        b = tl.load(order_ptr + i, mask=mask, other=0)
+        dh += tl.load(grad_out_ptr + b * grad_out_row_stride + j, mask=mask, other=0.0)
+    ws = workspace_ptr + i * workspace_row_stride + j
+    r = tl.load(ws, mask=mask, other=0.0)
+    z = tl.load(ws + hidden, mask=mask, other=0.0)
+    n = tl.load(ws + 2 * hidden, mask=mask, other=0.0)
+    hidden_n = tl.load(ws + 3 * hidden, mask=mask, other=0.0)
+    h_prev = tl.load(h_prev_ptr + i * h_prev_row_stride + j, mask=mask, other=0.0)
+    grad_n = dh * (1.0 - z) * (1.0 - n * n)
+    grad_z = dh * (h_prev - n) * z * (1.0 - z)
+    grad_r = grad_n * hidden_n * r * (1.0 - r)
+    gi = grad_input_gates_ptr + i * 3 * hidden + j
+    gh = grad_hidden_gates_ptr + i * 3 * hidden + j
     tl.store(gi, grad_r, mask=mask)
     tl.store(gi + hidden, grad_z, mask=mask)
     tl.store(gi + 2 * hidden, grad_n, mask=mask)
     tl.store(gh, grad_r, mask=mask)
     tl.store(gh + hidden, grad_z, mask=mask)
     tl.store(gh + 2 * hidden, grad_n * r, mask=mask)
-    # A padded step passes the carried gradient through; its output is a constant zero.
-    tl.store(grad_direct_ptr + b * hidden + j, tl.where(valid, dh * z, carried), mask=mask)
+    tl.store(grad_direct_ptr + i * hidden + j, dh * z, mask=mask)
 
 
-def _gates_forward(input_gates, hidden_gates, h_prev, lengths, t, h_next, out, workspace) -> None:
-    batch, hidden = h_prev.shape
-    if batch * hidden == 0:
+def _gates_forward(input_gates, hidden_gates, h_prev, h_next, order=None, out=None, workspace=None) -> None:
+    """One step over the rows of h_prev [rows, H] (h_next may be h_prev: each element is read, then written)."""
+    rows, hidden = h_prev.shape
+    if rows * hidden == 0:
         return
-    _apgru_gates_forward_kernel[(triton.cdiv(batch * hidden, BLOCK),)](
-        input_gates, input_gates.stride(0), hidden_gates, h_prev,
-        lengths if lengths is not None else h_prev, t,
-        h_next, out if out is not None else h_next, out.stride(0) if out is not None else 0,
+    _apgru_gates_forward_kernel[(triton.cdiv(rows * hidden, BLOCK),)](
+        input_gates, input_gates.stride(0), hidden_gates, h_prev, h_next,
+        order if order is not None else h_next, out if out is not None else h_next, out.stride(0) if out is not None else 0,
         workspace if workspace is not None else h_next, workspace.stride(0) if workspace is not None else 0,
-        batch, hidden,
-        HAS_LENGTHS=lengths is not None, HAS_OUT=out is not None, HAS_WORKSPACE=workspace is not None, BLOCK=BLOCK,
+        rows, hidden, HAS_OUT=out is not None, HAS_WORKSPACE=workspace is not None, BLOCK=BLOCK,
     )
 
 
-def _gates_backward(grad_h, grad_out, h_prev, workspace, lengths, t, grad_input_gates, grad_hidden_gates, grad_direct) -> None:
-    batch, hidden = grad_h.shape
-    if batch * hidden == 0:
+def _gates_backward(
+    grad_h, h_prev, workspace, grad_input_gates, grad_hidden_gates, grad_direct, order=None, grad_out=None
+) -> None:
+    """The gate gradients of one step over the rows of grad_h [rows, H] (grad_direct may be grad_h)."""
+    rows, hidden = grad_h.shape
+    if rows * hidden == 0:
         return
-    _apgru_gates_backward_kernel[(triton.cdiv(batch * hidden, BLOCK),)](
-        grad_h, grad_out if grad_out is not None else grad_h, grad_out.stride(0) if grad_out is not None else 0,
-        h_prev, h_prev.stride(0), workspace, workspace.stride(0),
-        lengths if lengths is not None else grad_h, t,
-        grad_input_gates, grad_hidden_gates, grad_input_gates.stride(0), grad_direct, batch, hidden,
-        HAS_LENGTHS=lengths is not None, HAS_GRAD_OUT=grad_out is not None, BLOCK=BLOCK,
+    _apgru_gates_backward_kernel[(triton.cdiv(rows * hidden, BLOCK),)](
+        grad_h, order if order is not None else grad_h, grad_out if grad_out is not None else grad_h,
+        grad_out.stride(0) if grad_out is not None else 0, h_prev, h_prev.stride(0), workspace, workspace.stride(0),
+        grad_input_gates, grad_hidden_gates, grad_direct, rows, hidden, HAS_GRAD_OUT=grad_out is not None, BLOCK=BLOCK,
     )
 
 
@@ -135,7 +132,7 @@ def apgru_cell(
     batch, hidden = h.shape
     h_new = torch.empty_like(h)
     workspace = h.new_empty(batch, 4 * hidden)
-    _gates_forward(input_gates, torch.addmm(bias_hh, h, weight_hh.t()), h, None, 0, h_new, None, workspace)
+    _gates_forward(input_gates, torch.addmm(bias_hh, h, weight_hh.t()), h, h_new, workspace=workspace)
     return h_new, workspace
 
 
@@ -153,7 +150,7 @@ def apgru_cell_backward(
     grad_input_gates = h.new_empty(batch, 3 * hidden)
     grad_hidden_gates = h.new_empty(batch, 3 * hidden)
     grad_direct = torch.empty_like(h)
-    _gates_backward(grad_h_new, None, h, workspace, None, 0, grad_input_gates, grad_hidden_gates, grad_direct)
+    _gates_backward(grad_h_new, h, workspace, grad_input_gates, grad_hidden_gates, grad_direct)
     return (
         grad_input_gates,
         torch.addmm(grad_direct, grad_hidden_gates, weight_hh),
@@ -180,28 +177,30 @@ def apgru_sequence(
     checks.check_apgru_biases(op, x, bias_ih, bias_hh, h0.shape[1])
     batch, time, inputs = x.shape
     hidden, props = h0.shape[1], prop.shape[2]
-    steps = int(lengths.max()) if batch else 0
-    out = x.new_empty(batch, time, hidden)
-    workspace = x.new_empty(batch, time, 4 * hidden if save_workspace else 0)
-    out[:, steps:].zero_()
-    workspace[:, steps:].zero_()
-    h = h0.clone()
-    if steps == 0:
-        return out, h, workspace
-    # Input projections of every step in one GEMM; the property enters the update-gate block only.
-    gates_in = torch.addmm(bias_ih, x.view(batch * time, inputs), weight_ih.t())
-    if props:
-        gates_in[:, hidden : 2 * hidden].addmm_(prop.view(batch * time, props), weight_pz.t())
-    gates_in = gates_in.view(batch, time, 3 * hidden)
-    hidden_gates = x.new_empty(batch, 3 * hidden)
-    h_next = torch.empty_like(h)
-    for t in range(steps):
-        torch.addmm(bias_hh, h, weight_hh.t(), out=hidden_gates)
-        _gates_forward(
-            gates_in[:, t], hidden_gates, h, lengths, t, h_next, out[:, t], workspace[:, t] if save_workspace else None
-        )
-        h, h_next = h_next, h
-    return out, h, workspace
+    plan = pack_plan(lengths, time)
+    out = x.new_zeros(batch, time, hidden)
+    workspace = x.new_empty(batch, time, 5 * hidden if save_workspace else 0)
+    packed_workspace = workspace.view(batch * time, workspace.shape[2])
+    packed_workspace[plan.total :].zero_()
+    state = h0[plan.order]
+    if plan.total:
+        # Input projections of the real steps only, in one GEMM; the property enters the update gate only.
+        gates_in = torch.addmm(bias_ih, x.view(batch * time, inputs)[plan.packed_index], weight_ih.t())
+        if props:
+            gates_in[:, hidden : 2 * hidden].addmm_(prop.view(batch * time, props)[plan.packed_index], weight_pz.t())
+        hidden_gates = x.new_empty(batch, 3 * hidden)
+        for t, (rows, first) in enumerate(zip(plan.batch_sizes, plan.offsets)):
+            running = state[:rows]
+            torch.addmm(bias_hh, running, weight_hh.t(), out=hidden_gates[:rows])
+            step_workspace = packed_workspace[first : first + rows] if save_workspace else None
+            if save_workspace:
+                step_workspace[:, 4 * hidden :].copy_(running)
+            _gates_forward(
+                gates_in[first : first + rows], hidden_gates, running, running, plan.order, out[:, t], step_workspace
+            )
+    h_last = torch.empty_like(h0)
+    h_last[plan.order] = state
+    return out, h_last, workspace
 
 
 @torch.library.custom_op("marn_triton::apgru_sequence_backward", mutates_args=())
@@ -215,46 +214,47 @@ def apgru_sequence_backward(
     weight_ih: torch.Tensor,
     weight_hh: torch.Tensor,
     weight_pz: torch.Tensor,
-    out: torch.Tensor,
     workspace: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "marn_triton::apgru_sequence_backward"
     batch, time, inputs = x.shape
     hidden, props = h0.shape[1], prop.shape[2]
     checks.check_apgru_sequence_args(op, x, prop, lengths, h0, weight_ih, weight_hh, weight_pz)
-    checks.check_float_group(op, {"x": x, "grad_out": grad_out, "grad_h_last": grad_h_last, "out": out, "workspace": workspace})
+    checks.check_float_group(op, {"x": x, "grad_out": grad_out, "grad_h_last": grad_h_last, "workspace": workspace})
     checks.check_shape(op, "grad_out", grad_out, [batch, time, hidden], "[batch, time, hidden]")
     checks.check_shape(op, "grad_h_last", grad_h_last, [batch, hidden], "[batch, hidden]")
-    checks.check_shape(op, "out", out, [batch, time, hidden], "[batch, time, hidden]")
-    checks.check_shape(op, "workspace", workspace, [batch, time, 4 * hidden], "[batch, time, 4*hidden]")
-    rows = batch * time
-    steps = int(lengths.max()) if batch else 0
-    grad_input_gates = x.new_empty(batch, time, 3 * hidden)
-    grad_hidden_gates = x.new_empty(batch, time, 3 * hidden)
-    # The step kernels write every row of steps [0, steps); later steps carry no gradient.
-    grad_input_gates[:, steps:].zero_()
-    grad_hidden_gates[:, steps:].zero_()
-    grad_h = grad_h_last.clone()
-    grad_direct = torch.empty_like(grad_h)
-    for t in range(steps - 1, -1, -1):
-        # A step t < length[b] follows only valid steps, so h_{t-1} is the previous output.
-        h_prev = h0 if t == 0 else out[:, t - 1]
+    checks.check_shape(op, "workspace", workspace, [batch, time, 5 * hidden], "[batch, time, 5*hidden]")
+    plan = pack_plan(lengths, time)
+    packed_workspace = workspace.view(batch * time, 5 * hidden)
+    grad_input_gates = x.new_empty(plan.total, 3 * hidden)
+    grad_hidden_gates = x.new_empty(plan.total, 3 * hidden)
+    # The carried gradient of each sorted row; a row that has finished passes it through unchanged.
+    grad_h = grad_h_last[plan.order]
+    for t in range(len(plan.batch_sizes) - 1, -1, -1):
+        rows, first = plan.batch_sizes[t], plan.offsets[t]
+        running = grad_h[:rows]
+        step_workspace = packed_workspace[first : first + rows]
+        step_grad_hidden_gates = grad_hidden_gates[first : first + rows]
         _gates_backward(
-            grad_h, grad_out[:, t], h_prev, workspace[:, t], lengths, t,
-            grad_input_gates[:, t], grad_hidden_gates[:, t], grad_direct,
+            running, step_workspace[:, 4 * hidden :], step_workspace, grad_input_gates[first : first + rows],
+            step_grad_hidden_gates, running, plan.order, grad_out[:, t],
         )
-        torch.addmm(grad_direct, grad_hidden_gates[:, t], weight_hh, out=grad_h)
-    grad_gi = grad_input_gates.view(rows, 3 * hidden)
-    grad_gh = grad_hidden_gates.view(rows, 3 * hidden)
-    grad_update_gate = grad_gi[:, hidden : 2 * hidden]
-    h_prev_all = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1).view(rows, hidden) if time else out.view(0, hidden)
+        running.addmm_(step_grad_hidden_gates, weight_hh)
+    grad_h0 = torch.empty_like(h0)
+    grad_h0[plan.order] = grad_h
+    # Input and weight gradients over the real steps only; padded positions get zero.
+    grad_update_gate = grad_input_gates[:, hidden : 2 * hidden]
+    x_packed = x.view(batch * time, inputs)[plan.packed_index]
+    prop_packed = prop.view(batch * time, props)[plan.packed_index]
+    grad_x = x.new_zeros(batch * time, inputs).index_copy_(0, plan.packed_index, grad_input_gates.mm(weight_ih))
+    grad_prop = x.new_zeros(batch * time, props).index_copy_(0, plan.packed_index, grad_update_gate.mm(weight_pz))
     return (
-        grad_gi.mm(weight_ih).view(batch, time, inputs),
-        grad_update_gate.mm(weight_pz).view(batch, time, props),
-        grad_h,
-        grad_gi.t().mm(x.view(rows, inputs)),
-        grad_gh.t().mm(h_prev_all),
-        grad_gi.sum(0),
-        grad_gh.sum(0),
-        grad_update_gate.t().mm(prop.view(rows, props)),
+        grad_x.view(batch, time, inputs),
+        grad_prop.view(batch, time, props),
+        grad_h0,
+        grad_input_gates.t().mm(x_packed),
+        grad_hidden_gates.t().mm(packed_workspace[: plan.total, 4 * hidden :]),
+        grad_input_gates.sum(0),
+        grad_hidden_gates.sum(0),
+        grad_update_gate.t().mm(prop_packed),
     )

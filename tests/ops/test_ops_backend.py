@@ -55,3 +55,14 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     backend.set_backend("triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         backend.namespace_for(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["cpp", "cuda"])
+def test_op_tests_fail_when_the_compiled_backend_did_not_load(monkeypatch, name):
+    """The op tests' backend switch refuses to run a compiled backend whose library is missing, so that a
+    failed build fails those tests instead of comparing the reference with itself."""
+    from op_samples import backend as test_backend  # noqa: PLC0415
+
+    monkeypatch.setattr(backend.extension, "load", lambda: backend.extension.ExtensionStatus(False, False, "no compiler"))
+    with pytest.raises(RuntimeError, match="compiled ops are not available: no compiler"), test_backend(name):
+        pass

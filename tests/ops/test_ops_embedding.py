@@ -46,7 +46,9 @@ def test_lookup_matches_reference(case, deterministic):
     expected = run_lookup("reference", values, boundaries, tables, case["seed"])
     actual = run_lookup(COMPILED_BACKEND, values, boundaries, tables, case["seed"], deterministic)
     names = ["out"] + [f"grad tables[{g}]" for g in range(len(tables))]
-    assert_all_close(actual, expected, names, case["table_dtype"])
+    # A gather is exact, and the CPU backward adds each row's gradients in the reference's order (no error
+    # in 200 cases); the CUDA atomic scatter adds them in any order.
+    assert_all_close(actual, expected, names, case["table_dtype"], exact=DEVICE.type == "cpu")
 
 
 def test_lookup_equals_bucketize_embedding_cat():
