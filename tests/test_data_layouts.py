@@ -280,7 +280,7 @@ def test_2023_benchmark_csv_runs_with_no_catalogue(tmp_path, tiny_fc7):
 
     report, features_report, _ = run_stages(cfg, tmp_path)
 
-    assert report["layout"] == "table" and report["meta_file"] is None and report["skipped"] == {}
+    assert report["layout"] == "table" and report["metadata"] is None and report["skipped"] == {}
     assert report["missing_modalities"].keys() == {"image", "title", "statistics"}
     assert features_report["words"] == 2 and features_report["title_tokens"] == 0 and not tiny_fc7
     with np.load(tmp_path / "prepared" / "sequences.npz") as sequences:

@@ -260,8 +260,8 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
 
     test_positive_items = test["item"][test["label"] == 1]
     report = {
-        "reviews_file": Path(reviews_path).name,  # names, not paths: the report is the same on every machine
-        "meta_file": Path(meta_path).name if meta_path else None,
+        "reviews": Path(reviews_path).name,  # file names, not paths: the report is the same on every machine
+        "metadata": Path(meta_path).name if meta_path else None,
         "reviews_kept": int(len(u)),
         "users": int(n_users - len(RESERVED)),
         "users_with_samples": int((counts >= 2).sum()),
