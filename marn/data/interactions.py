@@ -141,7 +141,18 @@ def _float(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _check_bad_share(path: Path, n_rows: int, n_bad: int, max_bad_share: float) -> None:
+def _rows_of_header_width(path: Path, header: list[Column], rows: Iterator[tuple[int, str, list]], skips: SkipLog,
+                          max_bad_share: float) -> Iterator[tuple[int, str, list]]:
+    """The rows with the header's number of fields; the others are counted as malformed, and a table that is
+    empty or mostly malformed stops once every row is read."""
+    n_rows = n_bad = 0
+    for line_no, where, values in rows:
+        n_rows += 1
+        if len(values) != len(header):
+            n_bad += 1
+            skips.add("malformed_line", where)
+            continue
+        yield line_no, where, values
     if n_rows == 0:
         raise DataFileError(f"{path}: the table has a header but no rows")
     if n_bad / n_rows > max_bad_share:
@@ -161,16 +172,9 @@ def read_interactions(path: Path, columns: Mapping[str, str], skips: SkipLog,
     """The interactions of a table as `Reviews`; behaviour types from its type column, when it has one."""
     header, rows = _rows(path)
     found = _find_columns(path, header, INTERACTION_ROLES, columns, REQUIRED_INTERACTION_ROLES)
-    width = len(header)
     units = UnitTracker(skips)
     users, items, times, ratings, lines, type_values = [], [], [], [], [], []
-    n_rows = n_bad = 0
-    for line_no, where, values in rows:
-        n_rows += 1
-        if len(values) != width:
-            n_bad += 1
-            skips.add("malformed_line", where)
-            continue
+    for line_no, where, values in _rows_of_header_width(path, header, rows, skips, max_bad_share):
         user, item = _text(values[found["user"].index]), _text(values[found["item"].index])
         if not user or not item:
             skips.add("missing_field", where)
@@ -197,7 +201,6 @@ def read_interactions(path: Path, columns: Mapping[str, str], skips: SkipLog,
         ratings.append(rating)
         lines.append(line_no)
         type_values.append(behaviour)
-    _check_bad_share(path, n_rows, n_bad, max_bad_share)
     type_names: tuple[str, ...] = ()
     types = None
     if "type" in found:
@@ -227,21 +230,13 @@ def read_items(path: Path, wanted_items: set[str], columns: Mapping[str, str], s
     found = _find_columns(path, header, ITEM_ROLES, columns, ("item",))
     used = {column.index for column in found.values()}
     candidates = [c for c in header if c.index not in used and c.recbole_type in (None, _RECBOLE_FLOAT)]
-    width = len(header)
     records: list[tuple[str, list]] = []
-    n_rows = n_bad = 0
     numeric = {column.index: True for column in candidates}
-    for _, where, values in rows:
-        n_rows += 1
-        if len(values) != width:
-            n_bad += 1
-            skips.add("malformed_line", where)
-            continue
+    for _, where, values in _rows_of_header_width(path, header, rows, skips, max_bad_share):
         for index in numeric:
             if numeric[index] and _float(values[index]) is None:
                 numeric[index] = False
         records.append((where, values))
-    _check_bad_share(path, n_rows, n_bad, max_bad_share)
     statistic_columns = [c for c in candidates if numeric[c.index]]
     names = tuple(f"item_{c.name}" if c.name in reserved_statistics else c.name for c in statistic_columns)
 
