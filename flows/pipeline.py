@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
@@ -26,6 +27,7 @@ from flows.stage import publish_report
 from marn.config import PROJECT_ROOT, ConfigError, load_config
 
 EXPERIMENT_PREFIX = "marn-train-"
+EXPERIMENT_PREFIXES = (EXPERIMENT_PREFIX, "marn-paper-set-")  # the runs that take turns on LOCK_FILE
 LOCK_FILE = Path(".dvc") / "tmp" / "marn-train.lock"  # held by the run and its `dvc` process while they live
 _DVC_SUCCESS = 3  # DVC's TaskStatus: PENDING 0, PREPARING 1, RUNNING 2, SUCCESS 3, then FAILED, CANCELED, FINISHED
 
@@ -41,7 +43,7 @@ def experiment_overrides(repo: Path, dataset: str, models: list[str] | None,
     return settings
 
 
-def remove_dead_experiments(repo: Path) -> list[str]:
+def remove_dead_experiments(repo: Path, prefixes: tuple[str, ...] = EXPERIMENT_PREFIXES) -> list[str]:
     """Delete the temp copies of this deployment's runs that never finished (their process was killed).
 
     Called with the lock held, so no run of this deployment is alive. DVC deletes the copy of a run that ends,
@@ -56,26 +58,38 @@ def remove_dead_experiments(repo: Path) -> list[str]:
             continue
         name, root = str(info.get("name") or ""), info.get("root_dir")
         unfinished = info.get("status", _DVC_SUCCESS) < _DVC_SUCCESS and root and Path(root).is_dir()
-        if name.startswith(EXPERIMENT_PREFIX) and unfinished:
+        if name.startswith(prefixes) and unfinished:
             shutil.rmtree(root, ignore_errors=True)
             removed.append(name)
     return sorted(set(removed))
 
 
-def experiment_file(repo: Path, name: str, path: str) -> str | None:
-    """The text of `path` as experiment `name` committed it (metrics are committed to Git), or None."""
+def experiment_ref(repo: Path, name: str) -> str | None:
+    """The Git ref of experiment `name` (DVC commits its params, dvc.lock and uncached outputs there), or None."""
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
                           capture_output=True, text=True, check=True).stdout.split()
-    ref = next((r for r in refs if r.rsplit("/", 1)[-1] == name), None)
+    return next((r for r in refs if r.rsplit("/", 1)[-1] == name), None)
+
+
+def experiment_bytes(repo: Path, name: str, path: str) -> bytes | None:
+    """The bytes of `path` as experiment `name` committed it, or None."""
+    ref = experiment_ref(repo, name)
     if ref is None:
         return None
-    shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True)
+    shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True)
     return shown.stdout if shown.returncode == 0 else None
+
+
+def experiment_file(repo: Path, name: str, path: str) -> str | None:
+    """The text of `path` as experiment `name` committed it (metrics are committed to Git), or None."""
+    content = experiment_bytes(repo, name, path)
+    return None if content is None else content.decode()
 
 
 @task
 def dvc_experiment(settings: list[str], target: str, repo: str, name: str) -> int:
-    """`dvc exp run --temp` under the deployment's lock, its output streamed to the run's log; the exit code."""
+    """`dvc exp run --temp` under the deployment's lock, its output streamed to the run's log; the exit code.
+    `target`: the stage to reproduce with its upstream stages."""
     logger = get_run_logger()
     lock_path = Path(repo) / LOCK_FILE
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +104,8 @@ def dvc_experiment(settings: list[str], target: str, repo: str, name: str) -> in
         command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
                    *[arg for s in settings for arg in ("-S", s)], target]
         logger.info("running %s in %s", " ".join(command[1:]), repo)
-        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+        # every stage's flow reports to this run's Prefect server instead of starting a temporary one (~20 s each)
+        env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PREFECT_API_URL": str(get_client(sync_client=True).api_url)}
         # the child inherits the lock, so a killed flow process does not free it while DVC still works
         with subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1, pass_fds=(lock.fileno(),)) as process:

@@ -17,15 +17,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from marn.config import ADVERSARIAL_PARAMS, TRAIN_PARAMS, ConfigError, load_config, resolve_path
+from marn.models.marn import ADVERSARIES
 from marn.models.registry import MODELS
 
 OUT_DIR = "data/train_params"
-ADVERSARIAL_FUSIONS = ("maf+adv", "maf+ddma")  # the MARN variants with an adversary (marn.models.marn.FUSIONS)
 
 
 def has_adversary(model_name: str) -> bool:
     variant = getattr(MODELS[model_name], "keywords", {}).get("variant")  # MARN variants are partials with one
-    return variant is not None and variant.fusion in ADVERSARIAL_FUSIONS
+    return variant is not None and ADVERSARIES.get(variant.fusion) is not None
 
 
 def params_read_by(cfg, model_name: str) -> dict:

@@ -111,6 +111,7 @@ class FeaturesConfig:
     download_retries: int = 3
     image_cache_dir: str = "data/cache/images"
     vectors_cache_dir: str = "data/cache/vectors"
+    image_encoder: str = "vgg16"  # vgg16 (the paper's fc7) | thumbnail (not the paper's; marn.features.images)
     vgg16_weights: Optional[str] = None
     vgg16_weights_sha256: Optional[str] = None
     allow_random_weights: bool = True
@@ -148,6 +149,7 @@ class TrainConfig:
     nproc: int = 1
     device: str = "cpu"
     seeds: list[int] = field(default_factory=list)
+    seed_models: list[str] = field(default_factory=lambda: ["BaseModel+IDs", "MARN"])
 
 
 @dataclass
@@ -187,7 +189,7 @@ class AbtestConfig:
 
 @dataclass
 class AnalysisConfig:
-    out_dir: str = "reports"
+    out_dir: str = "reports/default"
     seed: int = 0
     lambda0_grid: list[float] = field(default_factory=list)
     recall_at: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 1000])
@@ -271,6 +273,7 @@ def value_problems(cfg: DictConfig) -> list[str]:
     """
     from marn.abtest.stage import check_abtest_config
     from marn.data.fetch import amazon_urls
+    from marn.features.images import IMAGE_ENCODERS
     from marn.models.registry import MODELS
     from marn.ops.backend import BACKENDS
     from marn.train import OPTIMIZERS, _check_train_config
@@ -312,6 +315,8 @@ def value_problems(cfg: DictConfig) -> list[str]:
          "cpu, cuda or cuda:N", features.device)
     positive(features, "features", "batch_size", "image_size", "num_download_workers", "num_decode_workers",
              "download_timeout_s", "word_dim", "title_len")
+    need("features.image_encoder", features.image_encoder in IMAGE_ENCODERS,
+         f"one of {', '.join(IMAGE_ENCODERS)} (vgg16 = the paper's)", features.image_encoder)
     need("features.download_retries", features.download_retries >= 0, ">= 0", features.download_retries)
     positive(features.word2vec, "features.word2vec", "epochs", "window", "negatives", "min_count", "lr", "batch_size")
 
@@ -321,6 +326,8 @@ def value_problems(cfg: DictConfig) -> list[str]:
     for i, name in enumerate(train.models):
         need(f"train.models[{i}]", name in MODELS, f"a known model ({', '.join(MODELS)})", name)
     need("train.models", len(set(train.models)) == len(train.models), "free of repeats", list(train.models))
+    for i, name in enumerate(train.seed_models):
+        need(f"train.seed_models[{i}]", name in train.models, "one of train.models", name)
     if train.optimizer not in OPTIMIZERS:  # worded as marn.train.make_optimizer words it
         problems.append(f"train.optimizer {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     need("train.device", train.device in ("cpu", "cuda"), "cpu or cuda", train.device)

@@ -194,10 +194,11 @@ class RepresentationScorer:
             raise ValueError("a request needs at least one candidate item")
         history = self._history(request)
         mask = history["hist_mask"]
-        states = self.model.read_history(self.representations[history["hist_items"]] * mask.unsqueeze(-1), history)
+        states, last_state = self.model.read_history(self.representations[history["hist_items"]] * mask.unsqueeze(-1),
+                                                     history)
         count = candidates.shape[0]
-        return self.model.click_logit(states.expand(count, -1, -1), self.representations[candidates],
-                                      mask.expand(count, -1))
+        return self.model.click_logit(states.expand(count, -1, -1), last_state.expand(count, -1),
+                                      self.representations[candidates], mask.expand(count, -1))
 
     def score(self, request: ScoringRequest) -> torch.Tensor:
         """Click probabilities [C] of the request's candidates, in their order."""

@@ -1,5 +1,5 @@
-"""The report's analyses: Welch's t-test against scipy, recall@N against brute force, the report generator on
-fixed inputs, and the whole report stage on tiny data."""
+"""The report's analyses: Welch's and the paired t-test against scipy, the tests of the paper's orderings,
+recall@N against brute force, the report generator on fixed inputs, and the whole report stage on tiny data."""
 
 from __future__ import annotations
 
@@ -16,16 +16,26 @@ from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is
 from marn.analysis.cold_start import (
     ColdStartQuery, clicked_item_ranks, cold_start_queries, random_recall_at, recall_at,
 )
-from marn.analysis.paper import DEFAULT_PAPER_NUMBERS, best_baseline_test, load_paper_numbers
+from marn.analysis.paper import (
+    DEFAULT_PAPER_NUMBERS, HOLDS, NEEDS_SEEDS, NOT_SIGNIFICANT, REVERSED, best_baseline_test, load_paper_numbers,
+    ordering_test, table3_ladder_tests,
+)
 from marn.analysis.report import write_report
 from marn.analysis.runs import lambda0_folder, lambda0_runs, seed_folder, seed_runs
-from marn.analysis.significance import regularized_incomplete_beta, spread, welch_t_test
+from marn.analysis.significance import paired_t_test, regularized_incomplete_beta, spread, welch_t_test
 from marn.analysis.tables import render_report
 from marn.config import validate
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import RESERVED_ENTRIES
+from marn.evaluate import evaluate_models
 from marn.models.base import CTRModel
+from marn.models.registry import ABLATIONS, TABLE3_LADDER
 from marn.train import train_model
+
+# A seed moves every model together (seed effects below); one model gains a little at every seed.
+SEED_EFFECT = [0.60, 0.70, 0.65, 0.68, 0.62]
+STEADY_GAIN = [0.010, 0.012, 0.011, 0.009, 0.010]
+NOISY_GAIN = [0.010, -0.008, 0.012, -0.005, 0.003]
 
 
 @pytest.mark.parametrize("first, second", [
@@ -44,6 +54,81 @@ def test_welch_t_test_matches_scipy(first, second):
 def test_incomplete_beta_matches_scipy_on_both_sides_of_the_symmetry():
     for x, a, b in itertools.product((1e-6, 0.2, 0.5, 0.9, 0.999), (0.5, 2.0, 37.5), (0.5, 3.0)):
         assert regularized_incomplete_beta(x, a, b) == pytest.approx(special.betainc(a, b, x), rel=1e-11, abs=1e-15)
+
+
+@pytest.mark.parametrize("first, second", [
+    ([0.712, 0.715, 0.709, 0.718, 0.711], [0.701, 0.707, 0.699, 0.703, 0.705]),
+    ([0.70, 0.71], [0.69, 0.72]),
+    (np.add(SEED_EFFECT, STEADY_GAIN).tolist(), SEED_EFFECT),  # large t: the far tail
+    (SEED_EFFECT, np.add(SEED_EFFECT, NOISY_GAIN).tolist()),  # negative t
+])
+def test_paired_t_test_matches_scipy(first, second):
+    ours, theirs = paired_t_test(first, second), stats.ttest_rel(first, second)
+    # t is a few float operations; p's continued fraction stops at 1e-15 relative change (worst seen over 2,000
+    # random cases: 1e-14), so 1e-12 leaves margin and still catches any formula error
+    assert ours.t == pytest.approx(theirs.statistic, rel=1e-12)
+    assert ours.df == theirs.df == len(first) - 1
+    assert ours.p_value == pytest.approx(theirs.pvalue, rel=1e-12)
+    differences = np.subtract(first, second)
+    assert ours.mean_difference == pytest.approx(differences.mean(), rel=1e-12)
+    assert ours.sd_difference == pytest.approx(differences.std(ddof=1), rel=1e-12)
+
+
+@pytest.mark.parametrize("first, second, message", [
+    ([0.7], [0.6], "two equally long lists of at least 2 values, got shapes \\(1,\\) and \\(1,\\)"),
+    ([0.7, 0.71], [0.6], "two equally long lists"),
+    ([0.7, float("nan")], [0.6, 0.62], "non-finite value"),
+    ([0.5, 0.75], [0.25, 0.5], "undefined when every difference is the same \\(0.25\\)"),
+])
+def test_paired_t_test_names_what_is_wrong(first, second, message):
+    with pytest.raises(ValueError, match=message):
+        paired_t_test(first, second)
+
+
+def _by_seed(values: list[float], first_seed: int = 1) -> dict[int, float]:
+    return {first_seed + i: float(v) for i, v in enumerate(values)}
+
+
+def test_ordering_test_pairs_same_seeds_and_the_paired_test_decides():
+    lower, higher = _by_seed(SEED_EFFECT), _by_seed(np.add(SEED_EFFECT, STEADY_GAIN))
+    result = ordering_test("A", "B", {"A": lower, "B": higher})
+    welch = stats.ttest_ind(list(higher.values()), list(lower.values()), equal_var=False)
+    paired = stats.ttest_rel(list(higher.values()), list(lower.values()))
+    assert welch.pvalue > 0.5 and paired.pvalue < 1e-4  # the seed effect hides the gain from Welch's test only
+    assert result["welch"]["p_value"] == pytest.approx(welch.pvalue, rel=1e-12)
+    assert result["paired"]["p_value"] == pytest.approx(paired.pvalue, rel=1e-12)
+    assert result["same_seed_differences"] == pytest.approx(STEADY_GAIN, abs=1e-15)  # one subtraction each
+    assert result["mean_difference"] == pytest.approx(np.mean(STEADY_GAIN), abs=1e-15)
+    assert (result["decided_by"], result["verdict"]) == ("paired", HOLDS)
+    assert ordering_test("B", "A", {"A": lower, "B": higher})["verdict"] == REVERSED
+    noisy = ordering_test("A", "C", {"A": lower, "C": _by_seed(np.add(SEED_EFFECT, NOISY_GAIN))})
+    assert noisy["paired"]["p_value"] > 0.05 and noisy["paired"]["t"] > 0 and noisy["verdict"] == NOT_SIGNIFICANT
+
+
+def test_ordering_test_pairs_only_shared_seeds_and_says_when_seeds_are_too_few():
+    higher, lower = _by_seed([0.71, 0.69, 0.73, 0.70, 0.72]), _by_seed([0.70, 0.66, 0.71, 0.69, 0.64], 3)
+    result = ordering_test("A", "B", {"A": lower, "B": higher})
+    assert result["seeds"] == [3, 4, 5]
+    shared = stats.ttest_rel([0.73, 0.70, 0.72], [0.70, 0.66, 0.71])
+    assert result["paired"]["t"] == pytest.approx(shared.statistic, rel=1e-12) and result["paired"]["df"] == 2
+    assert result["welch"]["t"] == pytest.approx(stats.ttest_ind(list(higher.values()), list(lower.values()),
+                                                                 equal_var=False).statistic, rel=1e-12)
+    disjoint = ordering_test("A", "B", {"A": _by_seed([0.6, 0.61], 7), "B": higher})
+    assert disjoint["seeds"] == [] and disjoint["decided_by"] == "welch" and disjoint["verdict"] == HOLDS
+    one_seed = ordering_test("A", "B", {"A": _by_seed([0.6]), "B": higher})
+    assert one_seed["verdict"] == NEEDS_SEEDS and "note" in one_seed["welch"] and "note" in one_seed["paired"]
+    assert one_seed["same_seed_differences"] == pytest.approx([0.71 - 0.6], abs=1e-15)
+
+
+def test_table3_ladder_tests_every_adjacent_trained_step_in_the_papers_order():
+    skipped = TABLE3_LADDER[2]
+    trained = [m for m in TABLE3_LADDER if m != skipped] + ["BaseModel+IMAGE", "DIEN"]
+    by_seed = {m: _by_seed(np.add(SEED_EFFECT, i * 0.001)) for i, m in enumerate(trained)}
+    ladder = table3_ladder_tests(by_seed)
+    steps = list(zip(TABLE3_LADDER, TABLE3_LADDER[1:]))
+    assert [(t["lower"], t["higher"]) for t in ladder["tested"]] == [s for s in steps if skipped not in s]
+    assert [(p["lower"], p["higher"], p["missing"]) for p in ladder["not_trained"]] == [
+        (*s, [skipped]) for s in steps if skipped in s]
 
 
 @pytest.mark.parametrize("first, second, message", [
@@ -146,12 +231,21 @@ def test_clicked_item_ranks_score_every_candidate_with_the_model(tiny_data):  # 
     assert ranks.tolist() == expected
 
 
-def _fixed_summary(user_auc: dict[str, list[float]]) -> dict:
+def _spread_entries(user_auc: dict[str, list[float]]) -> dict:
+    return {m: {**vars(spread(v)), "seeds": list(range(1, len(v) + 1)), "values": v} for m, v in user_auc.items()}
+
+
+def _fixed_summary(user_auc: dict[str, list[float]], more_negatives: dict[str, list[float]] | None = None) -> dict:
+    """A summary as `build_report` returns it, run i of every model having seed i + 1."""
+    by_seed = {m: _by_seed(v) for m, v in user_auc.items()}
     return {
         "dataset": "synthetic",
         "runs": [{"seed": s, "lambda0": 0.05, "models_dir": f"models/seed-{s}"} for s in range(1, 6)],
-        "user_auc": {m: {**vars(spread(v)), "values": v} for m, v in user_auc.items()},
-        "significance": best_baseline_test(user_auc),
+        "user_auc": _spread_entries(user_auc),
+        "more_negatives": None if more_negatives is None else {
+            "metric": "user_auc@4neg", "test_negatives": 4, "user_auc": _spread_entries(more_negatives)},
+        "orderings": {"metric": "user_auc", "significance_level": 0.05, "table3_ladder": table3_ladder_tests(by_seed),
+                      "best_baseline": best_baseline_test(by_seed)},
         "popularity_auc": {"levels": [0, 1], "rows": {"MARN": [0.61, 0.70], "BaseModel+IDs": [0.55, None],
                                                       "gap": [0.06, None]},
                            "n_items": [5, 4], "n_samples": [12, 30], "min_train_interactions": [0, 3],
@@ -171,10 +265,16 @@ def test_report_generator_on_fixed_inputs_against_scipy():
     user_auc = {"MARN": [0.712, 0.715, 0.709, 0.718, 0.711], "DIEN": [0.701, 0.707, 0.699, 0.703, 0.705],
                 "LR": [0.650, 0.652, 0.651, 0.649, 0.650], "BaseModel+IDs": [0.720, 0.690, 0.700, 0.710, 0.705]}
     summary = _fixed_summary(user_auc)
-    assert summary["significance"]["baseline"] == "DIEN"  # the best Table 2 baseline, not the better ablation
+    assert summary["orderings"]["best_baseline"]["baseline"] == "DIEN"  # the best Table 2 baseline, not an ablation
     markdown = render_report(summary)
-    scipy_p = stats.ttest_ind(user_auc["MARN"], user_auc["DIEN"], equal_var=False).pvalue
-    assert f"**p = {scipy_p:.3g}**" in markdown
+    welch = stats.ttest_ind(user_auc["MARN"], user_auc["DIEN"], equal_var=False)
+    paired = stats.ttest_rel(user_auc["MARN"], user_auc["DIEN"])
+    differences = np.subtract(user_auc["MARN"], user_auc["DIEN"])
+    assert (f"| DIEN < MARN | {differences.mean():+.4f} | t = {welch.statistic:.2f}, df = {welch.df:.3g}, "
+            f"p = {welch.pvalue:.3g} | " + "; ".join(f"{i + 1}: {d:+.4f}" for i, d in enumerate(differences))
+            + f" | {differences.mean():+.4f} ± {differences.std(ddof=1):.4f} | t = {paired.statistic:.2f}, df = 4, "
+            f"p = {paired.pvalue:.3g} | **{HOLDS}** |") in markdown
+    assert paired.pvalue < 0.05
     mean, sd = np.mean(user_auc["MARN"]), np.std(user_auc["MARN"], ddof=1)
     assert f"| MARN | {mean:.4f} ± {sd:.4f} (n=5) |" in markdown
     assert "| gap | 0.0600 | — |" in markdown and "| RANDOM | 0.0560 | 1.0000 |" in markdown
@@ -188,19 +288,57 @@ def test_report_generator_on_fixed_inputs_against_scipy():
     assert "| RANDOM | 0.0560 | 1.0000 |" in mixed_table
     assert "No number in this report is quoted from the paper" in markdown
     assert "![fig6_losses](figures/fig6_losses.png)" in markdown
-    assert "train.seeds=[2,3,4,5]" in markdown and "analysis.lambda0_grid=[0.01,0.1,0.5,1.0,1.8]" in markdown
+    assert "python -m flows.paper_set" in markdown and "presets/paper.yaml" in markdown
     table3 = markdown.split("## Table 3")[1].split("## Table 4")[0]
     assert "| BaseModel+IDs |" in table3 and "| DIEN |" not in table3
+    assert "user_auc@" not in markdown and markdown.startswith("# MARN") and "\n- " not in markdown.split("##")[0]
 
 
-def test_significance_falls_back_to_other_models_and_explains_a_missing_test():
-    fallback = best_baseline_test({"MARN": [0.7, 0.71], "BaseModel+IDs": [0.6, 0.62]})
+def test_best_baseline_falls_back_to_other_models_and_says_why_a_test_is_missing():
+    fallback = best_baseline_test({"MARN": _by_seed([0.7, 0.71]), "BaseModel+IDs": _by_seed([0.6, 0.62])})
     assert fallback["baseline"] == "BaseModel+IDs" and fallback["chosen_from"] == "the other trained models"
-    one_run = best_baseline_test({"MARN": [0.7], "BaseModel+IDs": [0.6]})
-    assert "at least 2 values per group" in one_run["note"]
-    assert "not computed" in render_report({**_fixed_summary({"MARN": [0.7], "BaseModel+IDs": [0.6]}),
-                                           "significance": one_run})
-    assert best_baseline_test({"LR": [0.6, 0.61]}) == {"note": "MARN is not in train.models"}
+    summary = _fixed_summary({"MARN": [0.7], "BaseModel+IDs": [0.6]})
+    assert summary["orderings"]["best_baseline"]["verdict"] == NEEDS_SEEDS
+    expected_row = f"| BaseModel+IDs < MARN | +0.1000 | — | 1: +0.1000 | — | — | **{NEEDS_SEEDS}** |"
+    assert expected_row in render_report(summary)
+    assert best_baseline_test({"LR": _by_seed([0.6, 0.61])}) == {"note": "MARN is not in train.models"}
+    assert "MARN against the best baseline: not tested (MARN is not in train.models)." in render_report(
+        _fixed_summary({"LR": [0.6, 0.61]}))
+
+
+def test_table3_shows_every_trained_ablation_in_order_and_every_step_of_the_ladder_as_it_came_out():
+    # MAF falls below CONC at every seed: the report must show that step reversed, with its numbers
+    ladder_values = [np.array(SEED_EFFECT)]
+    for step in (STEADY_GAIN, [-0.006, -0.004, -0.005, -0.007, -0.005], NOISY_GAIN, STEADY_GAIN, STEADY_GAIN[::-1]):
+        ladder_values.append(ladder_values[-1] + step)
+    ladder_auc = dict(zip(TABLE3_LADDER, ladder_values))
+    user_auc = {m: ladder_auc.get(m, np.add(SEED_EFFECT, -0.1)).tolist() for m in reversed(ABLATIONS)}
+    user_auc["BaseModel+IMAGE"] = user_auc["BaseModel+IMAGE"][:1]
+    more_negatives = {m: np.add(v, 0.05).tolist() for m, v in user_auc.items()}
+    summary = _fixed_summary(user_auc, more_negatives)
+    markdown = render_report(summary, load_paper_numbers(DEFAULT_PAPER_NUMBERS),
+                             provenance=["command: `dvc exp run -S train.seeds=[2,3,4,5]`", "wall time: 2 h 1 min"])
+    assert markdown.split("## Table 2")[0].count("\n- ") == 2 and "\n- wall time: 2 h 1 min\n" in markdown
+    table3 = markdown.split("## Table 3")[1].split("### Does the paper's Table 3 ordering hold here?")[0]
+    rows = [line.split(" | ")[0][2:] for line in table3.splitlines() if line.startswith("| ")][1:]
+    assert rows == list(ABLATIONS)  # all 9, in the registry's order, though trained in the reverse order
+    assert "user_auc@4neg (this implementation; 4 negatives per test click)" in table3
+    marn = np.array(user_auc["MARN"])
+    assert (f"| MARN | {marn.mean():.4f} ± {marn.std(ddof=1):.4f} (n=5) | {marn.mean() + 0.05:.4f} ± "
+            f"{marn.std(ddof=1):.4f} (n=5) | 0.8034 | 0.7909 | 0.7486 |") in table3
+    assert "| BaseModel+IMAGE | 0.5000 (1 run) | 0.5500 (1 run) | 0.7631 |" in table3
+    for ours in ("BaseModel+MAF+DDMA+PropertyGate", "BaseModel+MAF+DDMA+CandidateAttention"):  # no paper value
+        row = next(line for line in table3.splitlines() if line.startswith(f"| {ours} |"))
+        assert row.endswith("(n=5) | — | — | — |") and f"| {np.mean(user_auc[ours]):.4f} ± " in row
+    ladder = markdown.split("### Does the paper's Table 3 ordering hold here?")[1].split("## Table 4")[0]
+    verdicts = [line.rsplit(" | ", 1)[1].strip("* |") for line in ladder.splitlines() if " < " in line[:60]
+                and line.startswith("| ")]
+    assert verdicts == [HOLDS, REVERSED, NOT_SIGNIFICANT, HOLDS, HOLDS]
+    reversed_step = summary["orderings"]["table3_ladder"]["tested"][1]
+    assert (reversed_step["lower"], reversed_step["higher"]) == ("BaseModel+CONC", "BaseModel+MAF")
+    assert "| BaseModel+CONC < BaseModel+MAF | -0.0054 |" in ladder and "1: -0.0060; 2: -0.0040; 3: -0.0050" in ladder
+    assert "Of 5 tested steps: 3 hold (higher, significant), 1 higher but not significant, 1 reversed" in ladder
+    assert "Not tested" not in ladder and "BaseModel+IMAGE <" not in ladder
 
 
 def test_paper_numbers_are_shown_as_quoted_and_checked(tmp_path):
@@ -254,7 +392,8 @@ def test_runs_pool_extra_seeds_and_lambda0_values_with_the_train_run(tmp_path):
 
 def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
     base = tiny_config(epochs=1, seeds=[4])
-    cfg = validate(OmegaConf.merge(base, {"analysis": {"lambda0_grid": [0.5], "tsne_items": 12}}))
+    cfg = validate(OmegaConf.merge(base, {"analysis": {"lambda0_grid": [0.5], "tsne_items": 12},
+                                          "evaluate": {"test_negatives": 3}}))
     models = tmp_path / "models"
     for name in ("BaseModel+IDs", "MARN"):
         train_model(cfg, name, tiny_data.prepared_dir, tiny_data.features_dir, models)
@@ -265,8 +404,23 @@ def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
 
     summary = write_report(cfg, tiny_data.prepared_dir, tiny_data.features_dir, models, tmp_path / "reports")
     assert json.loads((tmp_path / "reports/paper_tables.json").read_text()) == json.loads(json.dumps(summary))
-    assert summary["user_auc"]["MARN"]["n"] == 2 and summary["significance"]["baseline"] == "BaseModel+IDs"
-    assert 0 <= summary["significance"]["p_value"] <= 1
+    assert summary["user_auc"]["MARN"]["seeds"] == [3, 4]
+    # the report's user-AUC of each run is the evaluate stage's, on 1 and on 3 negatives per test click
+    for seed, models_dir in ((3, models), (4, seed_folder(models, 4))):
+        evaluated = evaluate_models(cfg, ["BaseModel+IDs", "MARN"], tiny_data.prepared_dir, tiny_data.features_dir,
+                                    models_dir, tmp_path / f"eval-{seed}.json", tmp_path / f"plots-{seed}")
+        for name in ("BaseModel+IDs", "MARN"):
+            index = summary["user_auc"][name]["seeds"].index(seed)
+            assert summary["user_auc"][name]["values"][index] == evaluated[name]["user_auc"]
+            assert summary["more_negatives"]["user_auc"][name]["values"][index] == evaluated[name]["user_auc@3neg"]
+    assert summary["more_negatives"]["metric"] == "user_auc@3neg"
+    assert [run["models_dir"] for run in summary["runs"]] == [
+        cfg.train.out_dir, f"{cfg.train.out_dir}/seed-4"]  # as params.yaml names them, no machine path
+    orderings = summary["orderings"]
+    assert orderings["table3_ladder"]["tested"] == [] and len(orderings["table3_ladder"]["not_trained"]) == 5
+    best = orderings["best_baseline"]
+    assert best["baseline"] == "BaseModel+IDs" and best["seeds"] == [3, 4] and best["paired"]["df"] == 1
+    assert 0 <= best["welch"]["p_value"] <= 1 and 0 <= best["paired"]["p_value"] <= 1
     assert summary["lambda0"]["values"] == [0.05, 0.5]
     assert summary["lambda0"]["user_auc"][0] == summary["user_auc"]["MARN"]["values"][0]
     for pool in ("unseen", "mixed"):
@@ -281,4 +435,5 @@ def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
     markdown = (tmp_path / "reports/paper_tables.md").read_text()
     for heading in ("Table 2", "Table 3", "Table 4", "Table 5", "Fig. 5", "Fig. 6"):
         assert f"## {heading}" in markdown
+    assert str(tmp_path) not in markdown and str(tmp_path) not in json.dumps(summary)
     assert write_report(cfg, tiny_data.prepared_dir, tiny_data.features_dir, models, tmp_path / "again") == summary

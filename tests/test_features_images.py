@@ -410,3 +410,36 @@ def test_unfinished_run_with_other_settings_is_started_over(tmp_path, random_fc7
     report = extract_image_features(resume_refs, tmp_path / "out", random_fc7, RANDOM,
                                     features_config(tmp_path, batch_size=3), image_cache_dir=cache)
     assert report["resumed_at_row"] == 0 and report["images_ok"] == 6
+
+
+def test_thumbnail_encoder_runs_without_weights_and_says_so(tmp_path, monkeypatch):
+    """`features.image_encoder: thumbnail` (not the paper's) loads no VGG16, writes 4096-d rows whose
+    thumbnail part follows the picture's colour, and the report names the encoder."""
+    monkeypatch.setattr(images_module, "vgg16_fc7", lambda *a, **k: pytest.fail("thumbnail must not build VGG16"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    colours = {"red.png": (230, 20, 20), "blue.png": (20, 20, 230), "red2.png": (235, 25, 15)}
+    for name, rgb in colours.items():
+        Image.new("RGB", (40, 30), rgb).save(raw / name)
+    write_items(tmp_path / "prepared", list(colours))
+    report = build_features(features_config(tmp_path, image_encoder="thumbnail"), tmp_path / "prepared",
+                            tmp_path / "out", raw_dir=raw)
+    assert report["image_encoder"] == "thumbnail (not the paper's)" and report["weights"] == "thumbnail"
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["image_encoder"] == report["image_encoder"]
+    rows = np.load(tmp_path / "out" / "image.npy").astype(np.float64)
+    assert rows.shape == (5, IMAGE_FEATURE_DIM) and np.load(tmp_path / "out" / "image_mask.npy")[2:].all()
+    red, blue, red2 = rows[2:]
+    assert np.linalg.norm(red - red2) < 0.2 * np.linalg.norm(red - blue)
+    # a one-colour picture puts all its pixels in one histogram bin: sqrt(1) * sqrt(1024) = 32
+    assert np.sort(red[3072:])[-2:].tolist() == [0.0, 32.0]
+
+
+def test_unknown_image_encoder_is_refused_naming_the_key(tmp_path):
+    from marn.config import ConfigError, load_config
+
+    write_items(tmp_path / "prepared", ["a.jpg"])
+    with pytest.raises(ValueError, match="features.image_encoder must be one of vgg16, thumbnail, got 'resnet'"):
+        build_features(features_config(tmp_path, image_encoder="resnet"), tmp_path / "prepared", tmp_path / "out")
+    assert not (tmp_path / "out" / "title_ids.npy").exists()  # refused before any work
+    with pytest.raises(ConfigError, match="features.image_encoder must be one of vgg16, thumbnail"):
+        load_config(["features.image_encoder=resnet"])

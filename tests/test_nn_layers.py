@@ -28,29 +28,29 @@ def test_gradient_reversal_is_identity_forward_and_negated_scaled_backward():
     torch.testing.assert_close(grad, -0.3 * upstream)
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.01, 0.05])
-def test_ddma_invariant_features_get_minus_lambda_times_the_discriminator_gradient(weight):
+def test_ddma_adversary_view_gets_minus_the_discriminator_gradient():
     torch.manual_seed(0)
     ddma = DoubleDiscriminatorAdversary(N_MODALITIES, DIM)
     invariant = _invariant_features()
-    specific = torch.randn(N_ITEMS, N_MODALITIES, DIM)
-    _, losses = ddma(invariant, specific, weight)
-    (through_reversal,) = torch.autograd.grad(losses["adv"], invariant)
+    adversary_view = _invariant_features(seed=1)
+    _, losses = ddma(invariant, adversary_view, torch.randn(N_ITEMS, N_MODALITIES, DIM))
+    (through_reversal,) = torch.autograd.grad(losses["adv"], adversary_view)
 
-    # what D1 itself sees: the same weighted loss on an input that is not reversed
-    as_d1_sees_it = invariant.detach().requires_grad_()
-    weights, _ = ddma.invariance_weights(as_d1_sees_it)
+    # what D1 itself sees: the same weighted loss on an input that is not reversed (eq. 7)
+    as_d1_sees_it = adversary_view.detach().requires_grad_()
+    weights, _ = ddma.invariance_weights(invariant)
     d1_loss = (weights * modality_cross_entropy(ddma.modality_discriminator(as_d1_sees_it))).mean()
     (d1_gradient,) = torch.autograd.grad(d1_loss, as_d1_sees_it)
     torch.testing.assert_close(losses["adv"], d1_loss)
-    torch.testing.assert_close(through_reversal, -weight * d1_gradient)
+    torch.testing.assert_close(through_reversal, -d1_gradient)
+    assert torch.autograd.grad(losses["adv"], invariant, allow_unused=True) == (None,)
 
 
 def test_ddma_d0_loss_and_weights_give_no_gradient_to_the_invariant_features():
     torch.manual_seed(0)
     ddma = DoubleDiscriminatorAdversary(N_MODALITIES, DIM)
     invariant = _invariant_features()
-    _, losses = ddma(invariant, torch.randn(N_ITEMS, N_MODALITIES, DIM), 0.05)
+    _, losses = ddma(invariant, _invariant_features(seed=1), torch.randn(N_ITEMS, N_MODALITIES, DIM))
     assert losses["d0"].grad_fn is not None
     assert torch.autograd.grad(losses["d0"], invariant, allow_unused=True) == (None,)
     weights, _ = ddma.invariance_weights(invariant)
@@ -64,28 +64,41 @@ def test_ddma_pools_the_weighted_max_and_ds_shares_d1_matrix():
     ddma = DoubleDiscriminatorAdversary(N_MODALITIES, DIM)
     invariant = _invariant_features()
     specific = torch.randn(N_ITEMS, N_MODALITIES, DIM, requires_grad=True)
-    pooled, losses = ddma(invariant, specific, 0.05)
+    pooled, losses = ddma(invariant, _invariant_features(seed=1), specific)
     weights, logits = ddma.invariance_weights(invariant)
     torch.testing.assert_close(weights, 1 - logits.softmax(-1).diagonal(dim1=1, dim2=2))
     torch.testing.assert_close(pooled, (weights.unsqueeze(-1) * invariant).amax(dim=1))
     labels = torch.arange(N_MODALITIES).repeat(N_ITEMS)
-    expected_ds = 0.05 * F.cross_entropy(ddma.modality_discriminator(specific).reshape(-1, N_MODALITIES), labels)
+    expected_ds = F.cross_entropy(ddma.modality_discriminator(specific).reshape(-1, N_MODALITIES), labels)
     torch.testing.assert_close(losses["ds"], expected_ds)
-    pooled_eval, no_losses = ddma(invariant, None, 0.05)
+    pooled_eval, no_losses = ddma(invariant, None, None)
     assert no_losses == {}
     torch.testing.assert_close(pooled_eval, pooled)
 
 
-def test_adv_reverses_the_unweighted_discriminator_gradient_and_mean_pools():
+def test_adv_is_one_binary_discriminator_per_modality_pair_and_max_pools():
     torch.manual_seed(0)
     adversary = CrossModalAdversary(N_MODALITIES, DIM)
-    invariant = _invariant_features()
-    pooled, losses = adversary(invariant, 0.04, with_loss=True)
-    torch.testing.assert_close(pooled, invariant.mean(dim=1))
-    (through_reversal,) = torch.autograd.grad(losses["adv"], invariant)
-    plain = invariant.detach().requires_grad_()
-    (d_gradient,) = torch.autograd.grad(modality_cross_entropy(adversary.modality_discriminator(plain)).mean(), plain)
-    torch.testing.assert_close(through_reversal, -0.04 * d_gradient)
+    invariant, adversary_view = _invariant_features(), _invariant_features(seed=1)
+    pooled, losses = adversary(invariant, adversary_view)
+    torch.testing.assert_close(pooled, invariant.amax(dim=1))
+    discriminators = adversary.pair_discriminators
+    assert discriminators.pairs == [(a, b) for a in range(N_MODALITIES) for b in range(a + 1, N_MODALITIES)]
+
+    # written out pair by pair: D_ab labels c^a as 1 and c^b as 0, averaged over pairs, items and the two sides
+    plain = adversary_view.detach().requires_grad_()
+    weight, bias = discriminators.classifiers.weight, discriminators.classifiers.bias
+    per_pair = []
+    for k, (a, b) in enumerate(discriminators.pairs):
+        first, second = plain[:, a] @ weight[k] + bias[k], plain[:, b] @ weight[k] + bias[k]
+        per_pair.append(F.binary_cross_entropy_with_logits(first, torch.ones(N_ITEMS))
+                        + F.binary_cross_entropy_with_logits(second, torch.zeros(N_ITEMS)))
+    expected = torch.stack(per_pair).mean() / 2
+    torch.testing.assert_close(losses["adv"], expected)
+    (through_reversal,) = torch.autograd.grad(losses["adv"], adversary_view)
+    (d_gradient,) = torch.autograd.grad(expected, plain)
+    torch.testing.assert_close(through_reversal, -d_gradient)
+    assert adversary(invariant, None)[1] == {}
 
 
 def test_per_modality_linear_applies_each_modality_its_own_map():

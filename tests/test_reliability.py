@@ -158,7 +158,8 @@ def test_each_train_stage_tracks_only_the_params_its_model_reads(tmp_path):
     write_train_params(cfg, tmp_path / "a")
     write_train_params(load_config(["train.lambda0=0.7"]), tmp_path / "b")
     changed = {p.name for p in (tmp_path / "a").iterdir() if p.read_bytes() != (tmp_path / "b" / p.name).read_bytes()}
-    assert changed == {"MARN.json", "BaseModel+MAF+ADV.json", "BaseModel+MAF+DDMA.json"}
+    assert changed == {"MARN.json", "BaseModel+MAF+ADV.json", "BaseModel+MAF+DDMA.json",
+                       "BaseModel+MAF+DDMA+PropertyGate.json", "BaseModel+MAF+DDMA+CandidateAttention.json"}
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
     assert stages["train"]["do"]["params"] == [{f"{OUT_DIR}/${{item}}.json": None}]
 

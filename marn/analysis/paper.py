@@ -1,43 +1,101 @@
-"""What the paper's tables compare: the model rows of Tables 2-5, the best-baseline t-test, and the paper's own
-numbers when a file of them is given (`analysis.paper_numbers`)."""
+"""What the paper's tables compare: the model rows of Tables 2-5, the tests of the paper's orderings (each step of
+Table 3's ladder and MARN against the best baseline), and the paper's own numbers when a file of them is given
+(`analysis.paper_numbers`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from marn.analysis.significance import welch_t_test
+from marn.analysis.significance import paired_t_test, welch_t_test
+from marn.models.baselines import BASELINES
+from marn.models.registry import ABLATIONS, TABLE3_LADDER
 
 PROPOSED = "MARN"
-TABLE2_BASELINES = ("LR", "FM", "YoutubeNet", "xDeepFM", "DUPN", "DIEN", "DMF", "MMSS", "NAML")
-TABLE3_ABLATIONS = ("BaseModel+IDs", "BaseModel+IMAGE", "BaseModel+CONC", "BaseModel+MAF", "BaseModel+MAF+ADV",
-                    "BaseModel+MAF+DDMA")
+TABLE2_BASELINES = tuple(BASELINES)  # Table 2's rows, in the paper's order
 UNIMODAL_BASE = "BaseModel+IDs"  # the paper's reference in Tables 4 and 5
 POPULARITY_LEVELS = 10  # Table 4's levels
+SIGNIFICANCE_LEVEL = 0.05  # two-sided, as the paper's Table 2 marks MARN against the best baseline
+HOLDS = "holds (higher, p < 0.05)"
+NOT_SIGNIFICANT = "higher, not significant"
+REVERSED = "reversed (lower, p < 0.05)"
+REVERSED_NOT_SIGNIFICANT = "reversed (lower, not significant)"
+EQUAL = "not higher (equal means)"
+NEEDS_SEEDS = "n/a (needs ≥2 seeds)"
 
 
-def best_baseline_test(user_auc: dict[str, list[float]]) -> dict:
-    """Welch's t-test of MARN's user-AUC over runs against the baseline with the highest mean.
+def _verdict(test: dict) -> str:
+    if test["t"] == 0:
+        return EQUAL
+    significant = test["p_value"] < SIGNIFICANCE_LEVEL
+    if test["t"] > 0:
+        return HOLDS if significant else NOT_SIGNIFICANT
+    return REVERSED if significant else REVERSED_NOT_SIGNIFICANT
 
-    The baseline is the best trained model of Table 2; when none is trained, the best other trained model.
-    Returns {"baseline", "chosen_from", ...} with {"t", "df", "p_value"} or a "note" saying why there is no test.
+
+def ordering_test(lower: str, higher: str, by_seed: dict[str, dict[int, float]]) -> dict:
+    """The paper's claim `lower < higher` on per-seed values (`by_seed[model][seed]`).
+
+    Returns the mean difference (higher - lower, each over all its seeds), Welch's t-test over those seeds, the
+    same-seed differences with the paired t-test over them, and a verdict: the paired test's when the two models
+    share at least 2 seeds (it removes what a seed does to both), Welch's otherwise. A test that cannot be computed
+    holds a "note" instead of t, df and p.
     """
-    if PROPOSED not in user_auc:
+    upper_runs, lower_runs = by_seed[higher], by_seed[lower]
+    seeds = sorted(set(upper_runs) & set(lower_runs))
+    result = {"lower": lower, "higher": higher,
+              "mean_difference": float(np.mean(list(upper_runs.values())) - np.mean(list(lower_runs.values()))),
+              "seeds": seeds, "same_seed_differences": [upper_runs[s] - lower_runs[s] for s in seeds]}
+    try:
+        welch = welch_t_test(list(upper_runs.values()), list(lower_runs.values()))
+        result["welch"] = {"t": welch.t, "df": welch.df, "p_value": welch.p_value}
+    except ValueError as err:
+        result["welch"] = {"note": str(err)}
+    try:
+        paired = paired_t_test([upper_runs[s] for s in seeds], [lower_runs[s] for s in seeds])
+        result["paired"] = {"t": paired.t, "df": paired.df, "p_value": paired.p_value,
+                            "mean_difference": paired.mean_difference, "sd_difference": paired.sd_difference}
+    except ValueError as err:
+        result["paired"] = {"note": str(err)}
+    decided_by = next((name for name in ("paired", "welch") if "p_value" in result[name]), None)
+    if decided_by is not None:
+        verdict = _verdict(result[decided_by])
+    elif min(len(upper_runs), len(lower_runs)) < 2:
+        verdict = NEEDS_SEEDS
+    else:
+        verdict = f"n/a ({result['paired']['note']})"
+    return {**result, "decided_by": decided_by, "verdict": verdict}
+
+
+def table3_ladder_tests(by_seed: dict[str, dict[int, float]]) -> dict:
+    """`ordering_test` for every adjacent pair of the paper's Table 3 ladder with both models trained, and the
+    pairs left untested because a model of theirs is not in train.models."""
+    pairs = list(zip(TABLE3_LADDER, TABLE3_LADDER[1:]))
+    return {"tested": [ordering_test(lower, higher, by_seed) for lower, higher in pairs
+                       if lower in by_seed and higher in by_seed],
+            "not_trained": [{"lower": lower, "higher": higher,
+                             "missing": [m for m in (lower, higher) if m not in by_seed]}
+                            for lower, higher in pairs if lower not in by_seed or higher not in by_seed]}
+
+
+def best_baseline_test(by_seed: dict[str, dict[int, float]]) -> dict:
+    """`ordering_test` of the claim "best baseline < MARN", the baseline being the trained model of Table 2 with
+    the highest mean; when none is trained, the best other trained model.
+
+    Returns {"baseline", "chosen_from", ...the test} or {"note"} saying why there is no test.
+    """
+    if PROPOSED not in by_seed:
         return {"note": f"{PROPOSED} is not in train.models"}
-    others = {m: v for m, v in user_auc.items() if m != PROPOSED}
-    table2 = {m: v for m, v in others.items() if m in TABLE2_BASELINES}
+    others = {m: runs for m, runs in by_seed.items() if m != PROPOSED}
+    table2 = {m: runs for m, runs in others.items() if m in BASELINES}
     pool, chosen_from = (table2, "Table 2 baselines") if table2 else (others, "the other trained models")
     if not pool:
         return {"note": f"no model besides {PROPOSED} is trained"}
-    baseline = max(pool, key=lambda m: sum(pool[m]) / len(pool[m]))
-    result = {"baseline": baseline, "chosen_from": chosen_from}
-    try:
-        test = welch_t_test(user_auc[PROPOSED], pool[baseline])
-    except ValueError as err:
-        return {**result, "note": str(err)}
-    return {**result, "t": test.t, "df": test.df, "p_value": test.p_value}
+    baseline = max(pool, key=lambda m: np.mean(list(pool[m].values())))
+    return {"baseline": baseline, "chosen_from": chosen_from, **ordering_test(baseline, PROPOSED, by_seed)}
 
 
 @dataclass(frozen=True)
@@ -51,7 +109,7 @@ class PaperNumbers:
 
 
 DEFAULT_PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
-_KNOWN_MODELS = (*TABLE2_BASELINES, *TABLE3_ABLATIONS, PROPOSED)
+_KNOWN_MODELS = (*BASELINES, *ABLATIONS)
 
 
 def _fraction(path: Path, key: str, value) -> float:

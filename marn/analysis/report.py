@@ -2,17 +2,20 @@
 
 `write_report` evaluates every model of `train.models` in every seed run (`marn.analysis.runs`) on the test
 split, and MARN in every lambda0 run, then writes into `analysis.out_dir`:
-- `paper_tables.md`: Tables 2 and 3 (user-AUC mean ± sd over runs, Welch's t-test of MARN against the best
-  baseline), Table 4 (AUC per popularity level, levels defined), Table 5 (cold-start recall@N among unseen
-  candidates, the paper's protocol, and among all candidates, both protocols included), the figures;
+- `paper_tables.md`: Tables 2 and 3 (user-AUC mean ± sd over seeds, and user_auc@<k>neg when
+  `evaluate.test_negatives` = k > 1), the tests of the paper's orderings on user-AUC (each adjacent step of
+  Table 3's ladder and MARN against the best baseline: mean difference, Welch's t, same-seed differences and the
+  paired t, and whether the ordering holds here), Table 4 (AUC per popularity level, levels defined), Table 5
+  (cold-start recall@N among unseen candidates, the paper's protocol, and among all candidates, both protocols
+  included), the figures;
 - `paper_tables.json`: the same numbers (`build_report`'s summary), for `dvc metrics`;
 - `figures/`: `fig5_tsne.png`, `fig6_losses.png` and, with a lambda0 sweep, `fig6_lambda0.png`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +27,9 @@ from marn.analysis.cold_start import (
     check_cutoffs, clicked_item_ranks, cold_start_queries, random_recall_at, recall_at,
 )
 from marn.analysis.figures import plot_lambda0, plot_training_losses, plot_tsne
-from marn.analysis.paper import PROPOSED, UNIMODAL_BASE, best_baseline_test, load_paper_numbers
+from marn.analysis.paper import (
+    PROPOSED, SIGNIFICANCE_LEVEL, UNIMODAL_BASE, best_baseline_test, load_paper_numbers, table3_ladder_tests,
+)
 from marn.analysis.representations import modality_features, sample_items, tsne_embedding
 from marn.analysis.runs import LAMBDA0_MODEL, Run, lambda0_runs, seed_runs
 from marn.analysis.significance import spread
@@ -32,16 +37,17 @@ from marn.analysis.tables import render_report
 from marn.config import resolve_path
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import ItemTable, load_item_table
-from marn.evaluate import popularity_auc, predict, ranking_metrics, train_interactions
+from marn.evaluate import extra_test_negatives, popularity_auc, predict, ranking_metrics, train_interactions
 from marn.models.persistence import load_model
 from marn.models.registry import check_model_name, model_folder
 
 FIGURES = "figures"
 
 
-def _spread_entry(values: list[float]) -> dict:
-    result = spread(values)
-    return {"mean": result.mean, "sd": result.sd, "n": result.n, "values": values}
+def _spread_entry(by_seed: dict[int, float]) -> dict:
+    result = spread(list(by_seed.values()))
+    return {"mean": result.mean, "sd": result.sd, "n": result.n, "seeds": list(by_seed),
+            "values": list(by_seed.values())}
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -94,8 +100,22 @@ def _evaluate(name: str, run: Run, table: ItemTable, dataset: CTRDataset, batch_
     return model, predict(model, dataset, batch_size)
 
 
-def _user_auc(predictions: dict[str, np.ndarray]) -> float:
+def _user_auc(predictions: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None) -> float:
+    """Eq. 11 on the test split's predictions, with the predictions on its extra negatives when given."""
+    if extra is not None:
+        predictions = {key: np.r_[predictions[key], extra[key]] for key in ("user", "label", "probability")}
     return ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])["user_auc"]
+
+
+def _more_negatives_dataset(cfg, dataset: CTRDataset) -> CTRDataset | None:
+    """The test split's users and histories with only the `evaluate.test_negatives` - 1 extra negative rows that
+    the evaluate stage draws (same seed, so the same items), or None for the 1-negative protocol."""
+    n_negatives = int(cfg.evaluate.test_negatives)
+    if n_negatives == 1:
+        return None
+    extra = copy.copy(dataset)
+    extra.samples = extra_test_negatives(dataset, n_negatives, int(cfg.evaluate.seed))
+    return extra
 
 
 def _draw_tsne(cfg, table: ItemTable, models_root: Path, path: Path) -> None:
@@ -108,9 +128,9 @@ def _draw_tsne(cfg, table: ItemTable, models_root: Path, path: Path) -> None:
 def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path, figures_dir: Path) -> dict:
     """Evaluate the runs, draw the figures into `figures_dir` and return the summary the report renders.
 
-    Reads `train.models`, `train.seed`, `train.seeds`, `train.lambda0`, `train.num_threads`, `data.source`,
+    Reads `train.models`, `train.seed`, `train.seeds`, `train.seed_models`, `train.lambda0`, `train.num_threads`, `data.source`,
     `data.category`, `data.max_len`, `data.time_gap_buckets`, `data.popularity_levels`, `ops.backend`,
-    `evaluate.batch_size` and the `analysis` section.
+    `evaluate.batch_size`, `evaluate.test_negatives`, `evaluate.seed`, `train.out_dir` and the `analysis` section.
     """
     model_names = [check_model_name(str(name)) for name in cfg.train.models]
     analysis, batch_size = cfg.analysis, int(cfg.evaluate.batch_size)
@@ -135,13 +155,19 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
                                         np.random.default_rng(int(analysis.seed)), unseen_only=pool == "unseen")
                for pool in ("unseen", "mixed")}
     train_count, n_levels = train_interactions(prepared_dir), int(cfg.data.popularity_levels)
-    user_auc: dict[str, list[float]] = {}
+    more_negatives = _more_negatives_dataset(cfg, dataset)
+    user_auc: dict[str, dict[int, float]] = {}  # model -> seed -> value
+    more_negatives_auc: dict[str, dict[int, float]] = {}
     popularity_rows: dict[str, list[list[dict]]] = {}
     ranks: dict[str, dict[str, list[np.ndarray]]] = {pool: {} for pool in queries}
+    seed_models = set(cfg.train.seed_models)
     for name in model_names:
-        for run in runs:
+        for run in runs if name in seed_models else runs[:1]:  # the extra seeds were trained for seed_models only
             model, predictions = _evaluate(name, run, table, dataset, batch_size)
-            user_auc.setdefault(name, []).append(_user_auc(predictions))
+            user_auc.setdefault(name, {})[run.seed] = _user_auc(predictions)
+            if more_negatives is not None:
+                more_negatives_auc.setdefault(name, {})[run.seed] = _user_auc(
+                    predictions, predict(model, more_negatives, batch_size))
             if name in (PROPOSED, UNIMODAL_BASE):
                 popularity_rows.setdefault(name, []).append(popularity_auc(predictions, train_count, n_levels))
                 for pool, pool_queries in queries.items():
@@ -153,7 +179,7 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         if run.lambda0 != float(cfg.train.lambda0):
             lambda0_auc[run.lambda0] = _user_auc(_evaluate(LAMBDA0_MODEL, run, table, dataset, batch_size)[1])
         elif LAMBDA0_MODEL in user_auc:  # the train stage's run, evaluated above as the first seed run
-            lambda0_auc[run.lambda0] = user_auc[LAMBDA0_MODEL][0]
+            lambda0_auc[run.lambda0] = user_auc[LAMBDA0_MODEL][run.seed]
 
     if PROPOSED in model_names:
         figures["fig6_losses"] = figures_dir / "fig6_losses.png"
@@ -164,9 +190,17 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         plot_lambda0(lambda0_auc, figures["fig6_lambda0"])
     return {
         "dataset": _dataset_label(cfg.data),
-        "runs": [{"seed": run.seed, "lambda0": run.lambda0, "models_dir": os.path.relpath(run.models_dir)} for run in runs],
-        "user_auc": {name: _spread_entry(values) for name, values in user_auc.items()},
-        "significance": best_baseline_test(user_auc),
+        # the folder as params.yaml names it, whatever the working directory: no machine path in a tracked output
+        "runs": [{"seed": run.seed, "lambda0": run.lambda0,
+                  "models_dir": (Path(cfg.train.out_dir) / run.models_dir.relative_to(models_root)).as_posix()}
+                 for run in runs],
+        "user_auc": {name: _spread_entry(by_seed) for name, by_seed in user_auc.items()},
+        "more_negatives": None if more_negatives is None else {
+            "metric": f"user_auc@{int(cfg.evaluate.test_negatives)}neg",
+            "test_negatives": int(cfg.evaluate.test_negatives),
+            "user_auc": {name: _spread_entry(by_seed) for name, by_seed in more_negatives_auc.items()}},
+        "orderings": {"metric": "user_auc", "significance_level": SIGNIFICANCE_LEVEL,
+                      "table3_ladder": table3_ladder_tests(user_auc), "best_baseline": best_baseline_test(user_auc)},
         "popularity_auc": _popularity_table(popularity_rows),
         **{f"cold_start_recall_{pool}": _cold_start_table(
             ranks[pool], np.array([len(query.candidates) for query in pool_queries]), cutoffs)

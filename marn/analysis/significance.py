@@ -1,4 +1,5 @@
-"""Mean ± sd over runs and Welch's t-test (unequal variances), with the Student t tail computed here."""
+"""Mean ± sd over runs, Welch's t-test (unequal variances) and the paired t-test (same-seed differences), with the
+Student t tail computed here."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ class WelchTest:
     t: float
     df: float  # Welch–Satterthwaite degrees of freedom
     p_value: float  # two-sided
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    t: float
+    df: int  # pairs - 1
+    p_value: float  # two-sided
+    mean_difference: float  # mean of first - second over the pairs
+    sd_difference: float  # sample sd (ddof 1) of those differences
 
 
 def spread(values) -> Spread:
@@ -64,8 +74,13 @@ def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
     return math.exp(log_front) * _beta_continued_fraction(x, a, b) / a
 
 
+def two_sided_t_p_value(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom: I_{df/(df+t^2)}(df/2, 1/2)."""
+    return regularized_incomplete_beta(df / (df + t * t), df / 2.0, 0.5)
+
+
 def welch_t_test(first, second) -> WelchTest:
-    """Two-sided Welch's t-test of mean(first) = mean(second); p = I_{df/(df+t^2)}(df/2, 1/2)."""
+    """Two-sided Welch's t-test of mean(first) = mean(second)."""
     groups = [np.asarray(values, dtype=np.float64) for values in (first, second)]
     for name, values in zip(("first", "second"), groups):
         if values.ndim != 1 or len(values) < 2:
@@ -80,4 +95,21 @@ def welch_t_test(first, second) -> WelchTest:
     t = float((a.mean() - b.mean()) / math.sqrt(variance_a + variance_b))
     df = float((variance_a + variance_b) ** 2
                / (variance_a ** 2 / (len(a) - 1) + variance_b ** 2 / (len(b) - 1)))
-    return WelchTest(t, df, regularized_incomplete_beta(df / (df + t * t), df / 2.0, 0.5))
+    return WelchTest(t, df, two_sided_t_p_value(t, df))
+
+
+def paired_t_test(first, second) -> PairedTest:
+    """Two-sided paired t-test of mean(first - second) = 0; `first[i]` and `second[i]` are one pair (one seed)."""
+    a, b = (np.asarray(values, dtype=np.float64) for values in (first, second))
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"the paired t-test needs two equally long lists of at least 2 values, got shapes "
+                         f"{a.shape} and {b.shape}")
+    differences = a - b
+    if not np.isfinite(differences).all():
+        raise ValueError(f"the paired t-test got a non-finite value: {a.tolist()} and {b.tolist()}")
+    sd = float(differences.std(ddof=1))
+    if sd == 0:
+        raise ValueError(f"the paired t-test is undefined when every difference is the same ({differences[0]})")
+    mean, df = float(differences.mean()), len(differences) - 1
+    t = mean / (sd / math.sqrt(len(differences)))
+    return PairedTest(t, df, two_sided_t_p_value(t, df), mean, sd)

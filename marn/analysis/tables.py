@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from marn.analysis.cold_start import MIXED_PROTOCOL, UNSEEN_PROTOCOL
-from marn.analysis.paper import PROPOSED, TABLE2_BASELINES, TABLE3_ABLATIONS, UNIMODAL_BASE, PaperNumbers
+from marn.analysis.paper import (
+    HOLDS, NOT_SIGNIFICANT, PROPOSED, REVERSED, REVERSED_NOT_SIGNIFICANT, TABLE2_BASELINES, UNIMODAL_BASE, PaperNumbers,
+)
+from marn.models.registry import ABLATIONS, TABLE3_LADDER
 
 PAPER_LAMBDA0_GRID = (0.01, 0.1, 0.5, 1.0, 1.8)  # Fig. 6 with train.lambda0 = 0.05 from the train stage
-PAPER_SEEDS = (2, 3, 4, 5)  # with train.seed = 1: five runs per model
-PAPER_SET_COMMAND = (
-    "dvc exp run -S 'train.models=[" + ",".join((*TABLE2_BASELINES, *TABLE3_ABLATIONS, PROPOSED)) + "]' "
-    "-S 'train.seeds=[" + ",".join(map(str, PAPER_SEEDS)) + "]' "
-    "-S 'analysis.lambda0_grid=[" + ",".join(map(str, PAPER_LAMBDA0_GRID)) + "]'"
-)
+PAPER_SET_COMMAND = "python -m flows.paper_set"  # presets/paper.yaml as one DVC experiment (flows/paper_set.py)
 NOT_QUOTED = (
     "No number in this report is quoted from the paper (`analysis.paper_numbers` is null). Its default, "
     "`marn/analysis/paper_numbers.yaml`, holds the paper's Tables 2-5 and shows them beside these results."
@@ -43,20 +41,80 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _user_auc_table(models: tuple[str, ...], summary: dict, paper_numbers: dict[str, dict[str, float]]) -> list[str]:
     if not any(m in summary["user_auc"] for m in models):
         return ["No model of this table is in `train.models` (the paper set is at the end)."]
-    header = ["Model", f"user-AUC, {summary['dataset']} (this implementation)",
+    more = summary["more_negatives"]
+    header = ["Model", f"user-AUC, {summary['dataset']} (this implementation"
+              + ("; primary, 1 negative per test click)" if more else ")"),
+              *([f"{more['metric']} (this implementation; {more['test_negatives']} negatives per test click)"]
+                if more else []),
               *(f"{dataset} (quoted from the paper)" for dataset in paper_numbers)]
     shown = [m for m in models
              if m in summary["user_auc"] or any(m in per_model for per_model in paper_numbers.values())]
-    return _table(header, [[m, format_spread(summary["user_auc"].get(m)),
-                            *(_number(per_model.get(m)) for per_model in paper_numbers.values())] for m in shown])
+    return [*_table(header, [[m, format_spread(summary["user_auc"].get(m)),
+                              *([format_spread(more["user_auc"].get(m))] if more else []),
+                              *(_number(per_model.get(m)) for per_model in paper_numbers.values())]
+                             for m in shown]),
+            "", "Ours: mean ± sample sd over seeds (n = seeds); the seed-to-seed sd is the noise every comparison "
+                "below must beat."]
 
 
-def _significance(test: dict) -> list[str]:
-    if "baseline" not in test or "p_value" not in test:
-        return [f"Welch's t-test of {PROPOSED} against the best baseline: not computed ({test['note']})."]
-    return [f"Welch's t-test (two-sided, unequal variances) of {PROPOSED}'s user-AUC over runs against the best "
-            f"of {test['chosen_from']}, **{test['baseline']}**: t = {test['t']:.3f}, df = {test['df']:.2f}, "
-            f"**p = {test['p_value']:.3g}**."]
+def _signed(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def _t_cell(test: dict) -> str:
+    if "p_value" not in test:  # why is in the verdict when it matters
+        return MISSING
+    return f"t = {test['t']:.2f}, df = {test['df']:.3g}, p = {test['p_value']:.3g}"
+
+
+def _ordering_row(test: dict) -> list[str]:
+    paired = test["paired"]
+    return [f"{test['lower']} < {test['higher']}", _signed(test["mean_difference"]), _t_cell(test["welch"]),
+            "; ".join(f"{seed}: {_signed(d)}" for seed, d in zip(test["seeds"], test["same_seed_differences"]))
+            or MISSING,
+            (f"{_signed(paired['mean_difference'])} ± {paired['sd_difference']:.4f}" if "p_value" in paired
+             else MISSING),
+            _t_cell(paired), f"**{test['verdict']}**"]
+
+
+ORDERING_HEADER = ["claim (the paper's)", "mean difference (higher − lower)", "Welch's t over seeds",
+                   "same-seed differences (seed: higher − lower)", "paired mean ± sd", "paired t", "holds here?"]
+
+
+def _orderings_legend(orderings: dict) -> str:
+    return (f"Tested on {orderings['metric']} (the primary metric). Mean difference: each model's mean over all "
+            "its seeds. Welch's t-test: two-sided, unequal variances, over the seeds. Paired t-test: two-sided, "
+            "over the seeds both models have (a seed moves every model together; pairing removes that). "
+            "Holds here?: decided by the paired test where 2 or more seeds are shared, by Welch's otherwise; "
+            f"significant means p < {orderings['significance_level']:g}, uncorrected for the number of tests.")
+
+
+def _ladder(orderings: dict) -> list[str]:
+    ladder = orderings["table3_ladder"]
+    lines = [f"The paper's Table 3 ordering, {' < '.join(TABLE3_LADDER)}, one claim per adjacent step. "
+             + _orderings_legend(orderings), ""]
+    if ladder["tested"]:
+        verdicts = [test["verdict"] for test in ladder["tested"]]
+        holds, higher = verdicts.count(HOLDS), verdicts.count(NOT_SIGNIFICANT)
+        reversed_ = verdicts.count(REVERSED) + verdicts.count(REVERSED_NOT_SIGNIFICANT)
+        lines += [*_table(ORDERING_HEADER, [_ordering_row(test) for test in ladder["tested"]]), "",
+                  f"Of {len(verdicts)} tested steps: {holds} hold (higher, significant), {higher} higher but not "
+                  f"significant, {reversed_} reversed, {len(verdicts) - holds - higher - reversed_} without a verdict."]
+    else:
+        lines.append("No adjacent step of the ladder has both its models in `train.models`.")
+    if ladder["not_trained"]:
+        lines += ["", "Not tested:", "", *(f"- {pair['lower']} < {pair['higher']}: {' and '.join(pair['missing'])} "
+                                          "not in `train.models`" for pair in ladder["not_trained"])]
+    return lines
+
+
+def _best_baseline(orderings: dict) -> list[str]:
+    test = orderings["best_baseline"]
+    if "baseline" not in test:
+        return [f"{PROPOSED} against the best baseline: not tested ({test['note']})."]
+    return [f"{PROPOSED} against the best of the {test['chosen_from']} by mean user-AUC, **{test['baseline']}** "
+            "(the highest sample mean, which biases the test against the gain). " + _orderings_legend(orderings), "",
+            *_table(ORDERING_HEADER, [_ordering_row(test)])]
 
 
 def _quoted_rows(per_dataset: dict[str, dict[str, list[float]]], header_of, skip: str | None = None) -> list[str]:
@@ -104,9 +162,10 @@ def _figure(summary: dict, key: str, missing: str) -> list[str]:
     return [f"![{key}]({path})"] if path else [missing]
 
 
-def render_report(summary: dict, paper: PaperNumbers | None = None) -> str:
+def render_report(summary: dict, paper: PaperNumbers | None = None, provenance: list[str] | None = None) -> str:
     """The markdown report. `summary` is what `marn.analysis.report.build_report` returns; `paper` holds the
-    numbers quoted from the paper (`marn.analysis.paper.load_paper_numbers`), or None."""
+    numbers quoted from the paper (`marn.analysis.paper.load_paper_numbers`), or None; `provenance` lines (the
+    command and wall time that produced the runs, added when results are published) go under the title as a list."""
     paper_numbers = paper.user_auc if paper else {}
     best_lambda0 = (f"The paper's best lambda0 (Fig. 6b, quoted from the paper): {paper.best_lambda0:g}."
                     if paper and paper.best_lambda0 is not None else "")
@@ -116,12 +175,17 @@ def render_report(summary: dict, paper: PaperNumbers | None = None) -> str:
         f"# MARN (Li et al., WWW 2020): the paper's tables on {summary['dataset']}", "",
         f"Generated by the `report` stage from models trained with seeds {seeds} ({len(summary['runs'])} run(s) per "
         "model); user-AUC is eq. 11 on the test split. Do not edit: `dvc repro` rewrites it.", "",
+        *([*(f"- {line}" for line in provenance), ""] if provenance else []),
         QUOTED if paper else NOT_QUOTED, "",
         "## Table 2: user-AUC of the baselines and MARN", "",
         *_user_auc_table((*TABLE2_BASELINES, PROPOSED), summary, paper_numbers), "",
-        *_significance(summary["significance"]), "",
+        *_best_baseline(summary["orderings"]), "",
         "## Table 3: user-AUC of the ablations", "",
-        *_user_auc_table((*TABLE3_ABLATIONS, PROPOSED), summary, paper_numbers), "",
+        "BaseModel reads the behaviours with a plain GRU; each row changes one thing. The two rows before "
+        f"{PROPOSED} are not the paper's: they split APGRU into its property gate and its candidate attention.", "",
+        *_user_auc_table(tuple(ABLATIONS), summary, paper_numbers), "",
+        "### Does the paper's Table 3 ordering hold here?", "",
+        *_ladder(summary["orderings"]), "",
         f"## Table 4: AUC per item popularity level, {PROPOSED} vs {UNIMODAL_BASE}", "",
         *_popularity(summary["popularity_auc"], paper.popularity_auc if paper else {}), "",
         f"## Table 5: cold-start click recall@N among unseen candidates (the paper's §4.6.2), {PROPOSED} vs "
@@ -142,7 +206,8 @@ def render_report(summary: dict, paper: PaperNumbers | None = None) -> str:
                  f"(the paper's: `-S 'analysis.lambda0_grid=[{','.join(map(str, PAPER_LAMBDA0_GRID))}]'`)."), "",
         best_lambda0, "",
         "## Reproducing the paper set", "",
-        "Every baseline and ablation, five seeds, and the lambda0 sweep, as one DVC experiment (long on a CPU):", "",
+        "Every baseline and ablation, five seeds of Table 3, and the lambda0 sweep on the `paper` preset "
+        "(presets/paper.yaml), as one DVC experiment that publishes this report (about 1.5 h on 2 CPU cores):", "",
         f"    {PAPER_SET_COMMAND}", "",
     ]
     return "\n".join(lines)

@@ -29,7 +29,7 @@ class ItemTable:
     statistics: torch.Tensor  # [N, K] float32, NaN = missing
     statistic_names: tuple[str, ...]
     stat_boundaries: tuple[torch.Tensor, ...]  # one K x (G-1) float32 tensor per granularity G
-    image: torch.Tensor  # [N, 4096] float16 VGG16 fc7
+    image: torch.Tensor  # [N, 4096] float16 image features (VGG16 fc7, or features.image_encoder's)
     image_mask: torch.Tensor  # [N] bool, true where the item has a real image
     title_ids: torch.Tensor  # [N, T] int64 word ids, 0 = padding
     word_vectors: torch.Tensor  # [V, D] float32, row 0 zeros

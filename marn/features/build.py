@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from marn.config import resolve_path
-from marn.features.images import RESERVED_ROWS, Fc7Weights, extract_image_features, fc7_model
+from marn.features.images import (
+    IMAGE_ENCODERS, RESERVED_ROWS, THUMBNAIL_WEIGHTS, Fc7Weights, ThumbnailEncoder, extract_image_features, fc7_model,
+)
 from marn.features.word_vectors import build_word_vectors, encode_titles, write_word_vectors
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ def build_features(cfg_features, prepared_dir: Path, out_dir: Path, *, raw_dir: 
     """
     started = time.perf_counter()
     cfg = cfg_features
+    if cfg.image_encoder not in IMAGE_ENCODERS:
+        raise ValueError(f"features.image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, "
+                         f"got {cfg.image_encoder!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)  # a report only ever stands beside a finished run
@@ -81,7 +86,9 @@ def build_features(cfg_features, prepared_dir: Path, out_dir: Path, *, raw_dir: 
     log.info("features: %d words (%s, %d-d), out-of-vocabulary rate %.3f",
              len(table.words), table.source, table.dim, title_stats["oov_rate"])
 
-    if any(image_refs[RESERVED_ROWS:]):
+    if any(image_refs[RESERVED_ROWS:]) and cfg.image_encoder == "thumbnail":  # not the paper's: see images.py
+        model, weights = ThumbnailEncoder().eval(), THUMBNAIL_WEIGHTS
+    elif any(image_refs[RESERVED_ROWS:]):
         model, weights = fc7_model(cfg, timeout=cfg.download_timeout_s, retries=cfg.download_retries)
     else:  # nothing to look at: the image modality is masked, and no VGG16 weights are fetched or loaded
         model, weights = None, NO_IMAGE_WEIGHTS

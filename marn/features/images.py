@@ -69,7 +69,7 @@ class ImageLocation:
 class Fc7Weights:
     """Which weights the model carries, as the report records them."""
 
-    kind: str  # "imagenet", "file", "random", or "none" when no item has an image to look at
+    kind: str  # "imagenet", "file", "random", "thumbnail" (no weights), or "none" when no item has an image
     source: str  # URL, file path as features.vgg16_weights gives it, or "seed N" for random weights
     sha256: str | None  # of the weights file; None for random weights
 
@@ -240,6 +240,49 @@ def _load_state_dict(path: Path) -> dict:
     return state_dict
 
 
+# --- the thumbnail encoder: NOT the paper's (which is VGG16 fc7); a generic, factor-agnostic alternative -----
+
+THUMBNAIL_DECODE = 64  # images are resized (whole, no crop) to this square before encoding
+THUMBNAIL_GRID = 32  # RGB grid of the thumbnail part: 32 * 32 * 3 = 3072 values
+HISTOGRAM_BINS = (16, 8, 8)  # hue, saturation, value: 1024 bins, so a row has IMAGE_FEATURE_DIM values too
+THUMBNAIL_WEIGHTS = Fc7Weights("thumbnail", "no weights: RGB thumbnail + HSV histogram", None)
+IMAGE_ENCODERS = ("vgg16", "thumbnail")
+
+
+def thumbnail_transform():
+    """The whole image resized to THUMBNAIL_DECODE pixels square, as 6 channels: RGB then HSV, in [0, 1]."""
+    def transform(image: Image.Image) -> torch.Tensor:
+        small = image.resize((THUMBNAIL_DECODE, THUMBNAIL_DECODE), Image.Resampling.BILINEAR)
+        channels = np.concatenate([np.asarray(small), np.asarray(small.convert("HSV"))], axis=2)
+        return torch.from_numpy(channels).permute(2, 0, 1).float() / 255.0
+    return transform
+
+
+class ThumbnailEncoder(torch.nn.Module):
+    """A 4096-d image row with no learned weights: the RGB image average-pooled to a 32 x 32 grid and
+    normalized by ImageNet's channel mean and std (3072 values), then the joint HSV histogram (1024 bins)
+    as square roots of pixel shares times 32, so both parts have a mean square of about 1 per value."""
+
+    def __init__(self):
+        super().__init__()
+        preset = imagenet_transform(THUMBNAIL_GRID)  # for its channel mean and std only
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("bins", torch.tensor(HISTOGRAM_BINS), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        rgb, hsv = images[:, :3], images[:, 3:]
+        grid = torch.nn.functional.adaptive_avg_pool2d(rgb, THUMBNAIL_GRID)
+        thumbnail = ((grid - self.mean) / self.std).flatten(1)
+        level = (hsv * self.bins.view(1, 3, 1, 1)).long().clamp(max=self.bins.view(1, 3, 1, 1) - 1)
+        cell = (level[:, 0] * self.bins[1] + level[:, 1]) * self.bins[2] + level[:, 2]
+        n_bins = int(self.bins.prod())
+        counts = torch.zeros(images.shape[0], n_bins, device=images.device)
+        counts.scatter_add_(1, cell.flatten(1), torch.ones_like(cell.flatten(1), dtype=counts.dtype))
+        histogram = (counts / cell[0].numel()).sqrt() * n_bins ** 0.5
+        return torch.cat([thumbnail, histogram], dim=1)
+
+
 def fc7_model(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[torch.nn.Module, Fc7Weights]:
     """VGG16 up to fc7 with the weights `cfg` asks for (see `load_vgg16_weights`)."""
     state_dict, weights = load_vgg16_weights(cfg, timeout=timeout, retries=retries)
@@ -307,7 +350,7 @@ def extract_image_features(
         planned[row] = reason
     status[start:] = [STATUS_CODE[s] for s in planned[start:]]
 
-    transform = imagenet_transform(cfg.image_size)
+    transform = thumbnail_transform() if weights.kind == "thumbnail" else imagenet_transform(cfg.image_size)
 
     def load(row: int) -> torch.Tensor | str:
         """The preprocessed image of a row, or why there is none."""
@@ -320,7 +363,8 @@ def extract_image_features(
     model = model.to(device) if model is not None else None  # None: no row has an image to compute
     pending = np.array([s == "pending" for s in planned])
     batches = [range(b, min(b + batch_size, n_rows)) for b in range(start, n_rows, batch_size)]
-    bar = tqdm(total=int(pending.sum()), initial=int(pending[:start].sum()), desc="vgg16 fc7", unit="img")
+    encoder_name = "thumbnail" if weights.kind == "thumbnail" else "vgg16 fc7"
+    bar = tqdm(total=int(pending.sum()), initial=int(pending[:start].sum()), desc=encoder_name, unit="img")
     images_done, loop_started = 0, time.perf_counter()
     # Images are decoded on a thread pool (PIL releases the GIL), one batch ahead of the model.
     with torch.inference_mode(), ThreadPoolExecutor(max_workers=max(1, cfg.num_decode_workers)) as pool:
@@ -367,6 +411,7 @@ def extract_image_features(
         "images_ok": statuses.count("ok"),
         "image_failures": dict(sorted(failures.items())),
         "image_failure_examples": dict(sorted(examples.items())),
+        "image_encoder": {"thumbnail": "thumbnail (not the paper's)", "none": "none"}.get(weights.kind, encoder_name),
         "weights": weights.kind,
         "weights_source": weights.source,
         "weights_sha256": weights.sha256,

@@ -40,10 +40,12 @@ class Architecture:
 
 
 class CTRModel(nn.Module):
-    """`forward(batch, adversarial_weight)` returns `{"logit": [B], "prob": [B], "aux_losses": {name: scalar}}`.
+    """`forward(batch, adversarial_weight)` returns `{"logit": [B], "prob": [B], "aux_losses": {name: scalar},
+    "loss_weights": {name: float}}`.
 
     `aux_losses` is the one place where a model adds losses beyond the CTR loss (discriminators,
-    adversarial terms); they are computed in training mode only and summed by `compute_loss`.
+    adversarial terms); they are computed in training mode only. `compute_loss` sums them, each times its
+    weight in `loss_weights` (1 when absent: eq. 10's lambda on L_ADV), and returns them unweighted for the log.
     """
 
     def compute_loss(self, outputs: dict, label: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -51,7 +53,8 @@ class CTRModel(nn.Module):
         unknown = set(parts) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"{type(self).__name__} returned losses {sorted(unknown)} outside {LOSS_NAMES}")
-        return torch.stack(list(parts.values())).sum(), parts
+        weights = outputs.get("loss_weights", {})
+        return torch.stack([weights.get(name, 1.0) * loss for name, loss in parts.items()]).sum(), parts
 
     def modality_attention(self, items: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """{modality: atten^m [N, D]} of the given items, for models with attention over modalities; else None."""
@@ -80,5 +83,7 @@ def encode_batch_items(encode: Callable[[torch.Tensor], torch.Tensor], batch: di
     return candidate, pad_history(history, mask)
 
 
-def ctr_outputs(logit: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None) -> dict:
-    return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": aux_losses or {}}
+def ctr_outputs(logit: torch.Tensor, aux_losses: dict[str, torch.Tensor] | None = None,
+                loss_weights: dict[str, float] | None = None) -> dict:
+    return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": aux_losses or {},
+            "loss_weights": loss_weights or {}}

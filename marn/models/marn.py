@@ -1,32 +1,41 @@
 """MARN (paper §3) and the ablations of Table 3 as one model with parts switched by a `MarnVariant`.
 
+BaseModel (§4.5) reads the behaviours with a plain GRU and takes the state at the last real behaviour
+as the user vector; APGRU (§3.4.1) is two changes to it, the property-gated update and the candidate
+attention over the states, switched separately so Table 3 can split APGRU's gain. The variant is
+resolved once, at construction.
+
 Item representations are computed once per batch for the distinct items it references (histories
 repeat items), then gathered into the history [B, L, D] and candidate [B, D] positions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from marn.data.item_table import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, pad_history
-from marn.nn.adversarial import CrossModalAdversary, DoubleDiscriminatorAdversary
+from marn.nn.adversarial import ADVERSARIAL_LOSSES, CrossModalAdversary, DoubleDiscriminatorAdversary
 from marn.nn.apgru import APGRU
 from marn.nn.candidate_attention import CandidateAttention
 from marn.nn.fusion import ModalitySum, MultimodalAttentionFusion
 from marn.nn.mlp import MLP
 from marn.nn.modality_embedding import BehaviourPropertyEmbedding, ModalityEmbedding
 
-FUSIONS = ("sum", "maf", "maf+adv", "maf+ddma")
+ItemLosses = tuple[torch.Tensor, dict[str, torch.Tensor]]
+ADVERSARIES = {"maf": None, "maf+adv": CrossModalAdversary, "maf+ddma": DoubleDiscriminatorAdversary}
+FUSIONS = ("sum", *ADVERSARIES)
 
 
 @dataclass(frozen=True)
 class MarnVariant:
     modalities: tuple[str, ...]
-    fusion: str  # sum: element-wise sum; maf: s + max c; maf+adv: s + mean c, ADV; maf+ddma: s + max w c, DDMA
-    use_property: bool  # APGRU with behaviour properties, else a plain GRU
+    fusion: str  # sum: element-wise sum (CONC); maf: s + max c; maf+adv: the same with ADV; maf+ddma: s + max w c, DDMA
+    property_gate: bool = False  # APGRU's update gate reads the behaviour properties (type, time gap)
+    candidate_attention: bool = False  # the user vector attends over the states, else the last real state
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -42,42 +51,53 @@ class MARN(CTRModel):
                                                     architecture.title_filters, architecture.freeze_word_vectors)
         if variant.fusion == "sum":
             self.fusion = ModalitySum(n_modalities, architecture.embed_dim, dim)
+            self.adversary = None
         else:
             self.fusion = MultimodalAttentionFusion(n_modalities, architecture.embed_dim, dim)
-        if variant.fusion == "maf+ddma":
-            self.adversary = DoubleDiscriminatorAdversary(n_modalities, dim)
-        elif variant.fusion == "maf+adv":
-            self.adversary = CrossModalAdversary(n_modalities, dim)
-        else:
-            self.adversary = None
-        if variant.use_property:
+            adversary = ADVERSARIES[variant.fusion]
+            self.adversary = adversary(n_modalities, dim) if adversary is not None else None
+        self.fuse: Callable[[torch.Tensor], ItemLosses] = {
+            "sum": self._fuse_by_sum, "maf": self._fuse_by_max,
+            "maf+adv": self._fuse_with_cross_modal_adversary, "maf+ddma": self._fuse_with_double_discriminators,
+        }[variant.fusion]
+        if variant.property_gate:
             self.behaviour_property = BehaviourPropertyEmbedding(table.n_behaviour_types, architecture.time_gap_buckets)
             property_size = self.behaviour_property.out_dim
         else:
             self.behaviour_property, property_size = None, 0
-        self.sequence = APGRU(dim, dim, property_size, use_property=variant.use_property)
-        self.candidate_attention = CandidateAttention(dim, dim)
+        self.sequence = APGRU(dim, dim, property_size, use_property=variant.property_gate)
+        self.candidate_attention = CandidateAttention(dim, dim) if variant.candidate_attention else None
         self.prediction = MLP(2 * dim, architecture.prediction_mlp, 1)
 
-    def encode_items(self, items: torch.Tensor, adversarial_weight: float = 0.0
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def encode_items(self, items: torch.Tensor) -> ItemLosses:
         """Item representations rep [N, D] and, in training, the adversarial losses computed on these items."""
-        embeddings = self.modality_embedding(items)
-        if self.variant.fusion == "sum":
-            return self.fusion(embeddings), {}
+        return self.fuse(self.modality_embedding(items))
+
+    def _fuse_by_sum(self, embeddings: torch.Tensor) -> ItemLosses:
+        return self.fusion(embeddings), {}
+
+    def _fuse_by_max(self, embeddings: torch.Tensor) -> ItemLosses:
         parts = self.fusion(embeddings)
-        if self.variant.fusion == "maf":
-            return parts.fused_specific + parts.invariant.amax(dim=1), {}
-        if self.variant.fusion == "maf+adv":
-            pooled, losses = self.adversary(parts.invariant, adversarial_weight, with_loss=self.training)
-        else:
-            # Ds trains S_m and the shared discriminator, never the embedding layer: S_m sees e^m detached
-            specific_for_ds = self.fusion.specific(embeddings.detach()) if self.training else None
-            pooled, losses = self.adversary(parts.invariant, specific_for_ds, adversarial_weight)
+        return parts.fused_specific + parts.invariant.amax(dim=1), {}
+
+    def _fuse_with_cross_modal_adversary(self, embeddings: torch.Tensor) -> ItemLosses:
+        parts = self.fusion(embeddings)
+        # the adversary's view of c^m comes from detached e^m: the reversed gradient stops at I (eq. 10)
+        adversary_view = self.fusion.invariant(embeddings.detach()) if self.training else None
+        pooled, losses = self.adversary(parts.invariant, adversary_view)
+        return parts.fused_specific + pooled, losses
+
+    def _fuse_with_double_discriminators(self, embeddings: torch.Tensor) -> ItemLosses:
+        parts = self.fusion(embeddings)
+        views = (None, None)
+        if self.training:  # from detached e^m: L_ADV reaches I and L_Ds reaches S_m, neither the embedding layer
+            detached = embeddings.detach()
+            views = (self.fusion.invariant(detached), self.fusion.specific(detached))
+        pooled, losses = self.adversary(parts.invariant, *views)
         return parts.fused_specific + pooled, losses
 
     def modality_attention(self, items: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        if self.variant.fusion == "sum":
+        if not isinstance(self.fusion, MultimodalAttentionFusion):
             return None
         attention = self.fusion(self.modality_embedding(items)).attention
         return {m: attention[:, i] for i, m in enumerate(self.variant.modalities)}
@@ -86,20 +106,28 @@ class MARN(CTRModel):
         target, mask = batch["target_item"], batch["hist_mask"]
         # Encoded once per distinct item (histories repeat items); the adversarial losses come from the same pass.
         distinct, position = torch.unique(torch.cat([target, batch["hist_items"][mask]]), return_inverse=True)
-        representations, aux_losses = self.encode_items(distinct, adversarial_weight)
+        representations, aux_losses = self.encode_items(distinct)
         candidate, history = representations[position[:len(target)]], representations[position[len(target):]]
-        states = self.read_history(pad_history(history, mask), batch)
-        return ctr_outputs(self.click_logit(states, candidate, mask), aux_losses)
+        states, last_state = self.read_history(pad_history(history, mask), batch)
+        logit = self.click_logit(states, last_state, candidate, mask)
+        weights = {name: adversarial_weight for name in ADVERSARIAL_LOSSES if name in aux_losses}
+        return ctr_outputs(logit, aux_losses, weights)
 
-    def read_history(self, history_rep: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """GRU/APGRU states [B, L, H] over the history representations [B, L, H] of `batch`'s behaviours."""
+    def read_history(self, history_rep: torch.Tensor, batch: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GRU/APGRU states [B, L, H] over the history representations [B, L, H] of `batch`'s behaviours, and
+        the state after each history's last real behaviour [B, H] (zero for an empty history)."""
         properties = None
         if self.behaviour_property is not None:
             properties = self.behaviour_property(batch["hist_type"], batch["hist_gap"], batch["hist_mask"])
-        states, _ = self.sequence(history_rep, properties, batch["hist_len"])
-        return states
+        return self.sequence(history_rep, properties, batch["hist_len"])
 
-    def click_logit(self, states: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logit [B] of each candidate [B, H] given the history states [B, L, H] (candidate attention, then MLP)."""
-        user_interest = self.candidate_attention(states, candidate, mask)
-        return self.prediction(torch.cat([user_interest, candidate], dim=1)).squeeze(1)
+    def click_logit(self, states: torch.Tensor, last_state: torch.Tensor, candidate: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """Logit [B] of each candidate [B, H]: the user vector (candidate attention over the states [B, L, H],
+        or the last real state [B, H] for BaseModel) and the candidate through the prediction MLP."""
+        if self.candidate_attention is not None:
+            user = self.candidate_attention(states, candidate, mask)
+        else:
+            user = last_state
+        return self.prediction(torch.cat([user, candidate], dim=1)).squeeze(1)

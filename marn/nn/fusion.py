@@ -55,10 +55,15 @@ class MultimodalAttentionFusion(nn.Module):
         self.attention = PerModalityLinear(n_modalities, out_dim, out_dim)
 
     def specific(self, modality_embeddings: torch.Tensor) -> torch.Tensor:
+        """s^m = ReLU(S_m e^m) [N, M, D]."""
         return torch.relu(self.specific_projection(modality_embeddings))
+
+    def invariant(self, modality_embeddings: torch.Tensor) -> torch.Tensor:
+        """c^m = ReLU(I e^m) [N, M, D], one projection I shared by all modalities."""
+        return torch.relu(self.invariant_projection(modality_embeddings))
 
     def forward(self, modality_embeddings: torch.Tensor) -> FusionParts:
         specific = self.specific(modality_embeddings)
-        invariant = torch.relu(self.invariant_projection(modality_embeddings))
+        invariant = self.invariant(modality_embeddings)
         attention = torch.tanh(self.attention(specific))
         return FusionParts(specific, invariant, attention, (attention * specific).sum(dim=1))

@@ -213,7 +213,7 @@ def true_click_probability(truth, users, items, times) -> np.ndarray:
     """
     model = load_choice_model(truth)
     users, items, times = np.broadcast_arrays(
-        _as_rows(users, model.reviewer_id), _as_rows(items, model.asin), np.asarray(times, dtype=np.int64))
+        as_rows(users, model.reviewer_id), as_rows(items, model.asin), np.asarray(times, dtype=np.int64))
     shape = users.shape
     users, items, times = users.ravel(), items.ravel(), times.ravel()
     pairs, pair_of_query = np.unique(np.stack([users, times], axis=1), axis=0, return_inverse=True)
@@ -231,7 +231,7 @@ def true_click_probability(truth, users, items, times) -> np.ndarray:
     return probability.reshape(shape)
 
 
-def _as_rows(keys, ids: np.ndarray) -> np.ndarray:
+def as_rows(keys, ids: np.ndarray) -> np.ndarray:
     keys = np.asarray(keys)
     if keys.dtype.kind in "iu":
         if keys.size and (keys.min() < 0 or keys.max() >= len(ids)):
