@@ -157,6 +157,27 @@ def extra_test_negatives(dataset: CTRDataset, n_negatives: int, seed: int) -> np
 
 
 @torch.inference_mode()
+
+def more_negatives_dataset(dataset: CTRDataset, n_negatives: int, seed: int) -> CTRDataset | None:
+    """The test split's users and histories with only the `n_negatives` - 1 extra negative rows of
+    `extra_test_negatives`, or None for the 1-negative protocol."""
+    if n_negatives == 1:
+        return None
+    extra = copy.copy(dataset)
+    extra.samples = extra_test_negatives(dataset, n_negatives, seed)
+    return extra
+
+
+def more_negatives_metric(n_negatives: int) -> str:
+    return f"user_auc@{n_negatives}neg"
+
+
+def user_auc(predictions: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None) -> float:
+    """Eq. 11 on the test split's predictions, with the predictions on its extra negatives when given."""
+    if extra is not None:
+        predictions = {key: np.r_[predictions[key], extra[key]] for key in ("user", "label", "probability")}
+    return ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])["user_auc"]
+
 def category_modality_attention(model: CTRModel, table: ItemTable, batch_size: int) -> dict[str, dict[str, float]] | None:
     """Mean l2 norm of atten^m over the items of each category (Fig. 4); None for a model without it."""
     model.eval()
@@ -239,10 +260,7 @@ def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, mo
     if len(dataset) == 0:
         raise ValueError(f"{prepared_dir} has no test samples")
     train_count, n_levels = train_interactions(prepared_dir), int(cfg.data.popularity_levels)
-    more_negatives = None
-    if n_negatives > 1:  # the test split's users and histories, with only the extra negative rows
-        more_negatives = copy.copy(dataset)
-        more_negatives.samples = extra_test_negatives(dataset, n_negatives, int(cfg.evaluate.seed))
+    more_negatives = more_negatives_dataset(dataset, n_negatives, int(cfg.evaluate.seed))
 
     results, popularity_rows, attention_rows, attention_plots = {}, [], [], {}
     for name in model_names:
@@ -250,9 +268,8 @@ def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, mo
         predictions = predict(model, dataset, batch_size)
         results[name] = ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])
         if more_negatives is not None:
-            extra = predict(model, more_negatives, batch_size)
-            results[name][f"user_auc@{n_negatives}neg"] = ranking_metrics(
-                *(np.r_[predictions[key], extra[key]] for key in ("user", "label", "probability")))["user_auc"]
+            results[name][more_negatives_metric(n_negatives)] = user_auc(
+                predictions, predict(model, more_negatives, batch_size))
         popularity_rows += [{"model": name, **row} for row in popularity_auc(predictions, train_count, n_levels)]
         attention = category_modality_attention(model, table, batch_size)
         if attention is not None:

@@ -294,9 +294,19 @@ def test_report_generator_on_fixed_inputs_against_scipy():
     assert "user_auc@" not in markdown and markdown.startswith("# MARN") and "\n- " not in markdown.split("##")[0]
 
 
+def test_best_baseline_is_the_best_of_the_baselines_with_the_most_seeds():
+    # a one-seed baseline with a higher mean cannot be tested against MARN's seeds: the five-seed one is
+    by_seed = {"MARN": _by_seed([0.70, 0.71, 0.72]), "NAML": _by_seed([0.66, 0.68, 0.67]), "DIEN": _by_seed([0.69])}
+    test = best_baseline_test(by_seed)
+    assert test["baseline"] == "NAML" and test["chosen_from"] == "Table 2 baselines with 3 seeds"
+    assert test["verdict"] == HOLDS
+    by_seed["DIEN"] = _by_seed([0.69, 0.70, 0.69])
+    assert best_baseline_test(by_seed)["baseline"] == "DIEN"
+
+
 def test_best_baseline_falls_back_to_other_models_and_says_why_a_test_is_missing():
     fallback = best_baseline_test({"MARN": _by_seed([0.7, 0.71]), "BaseModel+IDs": _by_seed([0.6, 0.62])})
-    assert fallback["baseline"] == "BaseModel+IDs" and fallback["chosen_from"] == "the other trained models"
+    assert fallback["baseline"] == "BaseModel+IDs" and fallback["chosen_from"] == "the other trained models with 2 seeds"
     summary = _fixed_summary({"MARN": [0.7], "BaseModel+IDs": [0.6]})
     assert summary["orderings"]["best_baseline"]["verdict"] == NEEDS_SEEDS
     expected_row = f"| BaseModel+IDs < MARN | +0.1000 | — | 1: +0.1000 | — | — | **{NEEDS_SEEDS}** |"

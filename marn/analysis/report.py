@@ -14,7 +14,6 @@ split, and MARN in every lambda0 run, then writes into `analysis.out_dir`:
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -37,7 +36,9 @@ from marn.analysis.tables import render_report
 from marn.config import resolve_path
 from marn.data.dataset import CTRDataset
 from marn.data.item_table import ItemTable, load_item_table
-from marn.evaluate import extra_test_negatives, popularity_auc, predict, ranking_metrics, train_interactions
+from marn.evaluate import (
+    more_negatives_dataset, more_negatives_metric, popularity_auc, predict, train_interactions, user_auc,
+)
 from marn.models.persistence import load_model
 from marn.models.registry import check_model_name, model_folder
 
@@ -100,24 +101,6 @@ def _evaluate(name: str, run: Run, table: ItemTable, dataset: CTRDataset, batch_
     return model, predict(model, dataset, batch_size)
 
 
-def _user_auc(predictions: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None) -> float:
-    """Eq. 11 on the test split's predictions, with the predictions on its extra negatives when given."""
-    if extra is not None:
-        predictions = {key: np.r_[predictions[key], extra[key]] for key in ("user", "label", "probability")}
-    return ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])["user_auc"]
-
-
-def _more_negatives_dataset(cfg, dataset: CTRDataset) -> CTRDataset | None:
-    """The test split's users and histories with only the `evaluate.test_negatives` - 1 extra negative rows that
-    the evaluate stage draws (same seed, so the same items), or None for the 1-negative protocol."""
-    n_negatives = int(cfg.evaluate.test_negatives)
-    if n_negatives == 1:
-        return None
-    extra = copy.copy(dataset)
-    extra.samples = extra_test_negatives(dataset, n_negatives, int(cfg.evaluate.seed))
-    return extra
-
-
 def _draw_tsne(cfg, table: ItemTable, models_root: Path, path: Path) -> None:
     name = str(cfg.analysis.tsne_model)
     model = load_model(model_folder(models_root, name) / "model.pt", name, table)
@@ -155,8 +138,8 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
                                         np.random.default_rng(int(analysis.seed)), unseen_only=pool == "unseen")
                for pool in ("unseen", "mixed")}
     train_count, n_levels = train_interactions(prepared_dir), int(cfg.data.popularity_levels)
-    more_negatives = _more_negatives_dataset(cfg, dataset)
-    user_auc: dict[str, dict[int, float]] = {}  # model -> seed -> value
+    more_negatives = more_negatives_dataset(dataset, int(cfg.evaluate.test_negatives), int(cfg.evaluate.seed))
+    auc_by_seed: dict[str, dict[int, float]] = {}  # model -> seed -> user-AUC
     more_negatives_auc: dict[str, dict[int, float]] = {}
     popularity_rows: dict[str, list[list[dict]]] = {}
     ranks: dict[str, dict[str, list[np.ndarray]]] = {pool: {} for pool in queries}
@@ -164,9 +147,9 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
     for name in model_names:
         for run in runs if name in seed_models else runs[:1]:  # the extra seeds were trained for seed_models only
             model, predictions = _evaluate(name, run, table, dataset, batch_size)
-            user_auc.setdefault(name, {})[run.seed] = _user_auc(predictions)
+            auc_by_seed.setdefault(name, {})[run.seed] = user_auc(predictions)
             if more_negatives is not None:
-                more_negatives_auc.setdefault(name, {})[run.seed] = _user_auc(
+                more_negatives_auc.setdefault(name, {})[run.seed] = user_auc(
                     predictions, predict(model, more_negatives, batch_size))
             if name in (PROPOSED, UNIMODAL_BASE):
                 popularity_rows.setdefault(name, []).append(popularity_auc(predictions, train_count, n_levels))
@@ -177,9 +160,9 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
     lambda0_auc: dict[float, float] = {}  # every lambda0 run has seed train.seed, so the curve compares like with like
     for run in lambda0_runs(cfg.train, analysis.lambda0_grid, models_root):
         if run.lambda0 != float(cfg.train.lambda0):
-            lambda0_auc[run.lambda0] = _user_auc(_evaluate(LAMBDA0_MODEL, run, table, dataset, batch_size)[1])
-        elif LAMBDA0_MODEL in user_auc:  # the train stage's run, evaluated above as the first seed run
-            lambda0_auc[run.lambda0] = user_auc[LAMBDA0_MODEL][run.seed]
+            lambda0_auc[run.lambda0] = user_auc(_evaluate(LAMBDA0_MODEL, run, table, dataset, batch_size)[1])
+        elif LAMBDA0_MODEL in auc_by_seed:  # the train stage's run, evaluated above as the first seed run
+            lambda0_auc[run.lambda0] = auc_by_seed[LAMBDA0_MODEL][run.seed]
 
     if PROPOSED in model_names:
         figures["fig6_losses"] = figures_dir / "fig6_losses.png"
@@ -194,13 +177,13 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         "runs": [{"seed": run.seed, "lambda0": run.lambda0,
                   "models_dir": (Path(cfg.train.out_dir) / run.models_dir.relative_to(models_root)).as_posix()}
                  for run in runs],
-        "user_auc": {name: _spread_entry(by_seed) for name, by_seed in user_auc.items()},
+        "user_auc": {name: _spread_entry(by_seed) for name, by_seed in auc_by_seed.items()},
         "more_negatives": None if more_negatives is None else {
-            "metric": f"user_auc@{int(cfg.evaluate.test_negatives)}neg",
+            "metric": more_negatives_metric(int(cfg.evaluate.test_negatives)),
             "test_negatives": int(cfg.evaluate.test_negatives),
             "user_auc": {name: _spread_entry(by_seed) for name, by_seed in more_negatives_auc.items()}},
         "orderings": {"metric": "user_auc", "significance_level": SIGNIFICANCE_LEVEL,
-                      "table3_ladder": table3_ladder_tests(user_auc), "best_baseline": best_baseline_test(user_auc)},
+                      "table3_ladder": table3_ladder_tests(auc_by_seed), "best_baseline": best_baseline_test(auc_by_seed)},
         "popularity_auc": _popularity_table(popularity_rows),
         **{f"cold_start_recall_{pool}": _cold_start_table(
             ranks[pool], np.array([len(query.candidates) for query in pool_queries]), cutoffs)
