@@ -91,6 +91,9 @@ def paper_set_flow(settings: list[str], target: str = "report") -> int:
     logger = get_run_logger()
     repo = Path(os.environ.get("MARN_REPO", str(PROJECT_ROOT))).resolve()
     name = EXPERIMENT_PREFIX + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    # the commit DVC copies into the experiment, before anything is committed while it runs
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
     started = time.monotonic()
     code = dvc_experiment(settings, target, str(repo), name)
     minutes = (time.monotonic() - started) / 60
@@ -101,12 +104,10 @@ def paper_set_flow(settings: list[str], target: str = "report") -> int:
     logger.info("experiment %s finished in %.1f min", name, minutes)
     if target == "report":
         cfg = load_config(settings)
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True).stdout.strip()
         provenance = [f"command: `python -m flows.paper_set` (= `{command_line(settings, target, name)}`)",
                       f"wall time: {minutes:.0f} min on this project's 2-core CPU machine, stages restored from "
                       "DVC's run cache included (a rerun with unchanged code and data restores all of them)",
-                      f"experiment `{name}` on commit {head} (`dvc exp show` lists it)"]
+                      f"experiment `{name}` from commit {head} (`dvc exp show` lists it)"]
         for path in publish(repo, name, Path(cfg.analysis.out_dir), cfg.analysis.paper_numbers, provenance):
             logger.info("published %s", path.relative_to(repo))
     return 0
