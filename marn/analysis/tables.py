@@ -208,7 +208,7 @@ def render_report(summary: dict, paper: PaperNumbers | None = None, provenance: 
         best_lambda0, "",
         "## Reproducing the paper set", "",
         "Every baseline and ablation, five seeds of Table 3, and the lambda0 sweep on the `paper` preset "
-        "(presets/paper.yaml), as one DVC experiment that publishes this report (about 1.5 h on 2 CPU cores):", "",
+        "(presets/paper.yaml), as one DVC experiment that publishes this report (about 1.8 h on 2 CPU cores):", "",
         f"    {PAPER_SET_COMMAND}", "",
     ]
     return "\n".join(lines)
