@@ -24,15 +24,13 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger
 
-from flows.pipeline import dvc_experiment, experiment_bytes, experiment_ref
+from flows.pipeline import PAPER_SET_PREFIX, committed_bytes, dvc_experiment, experiment_ref
 from marn.analysis.paper import load_paper_numbers
 from marn.analysis.report import FIGURES
 from marn.analysis.tables import render_report
 from marn.config import PROJECT_ROOT, ConfigError, load_config, resolve_path
 
-EXPERIMENT_PREFIX = "marn-paper-set-"
 DEFAULT_PRESET = Path("presets") / "paper.yaml"
-PUBLISHED = ("paper_tables.json", "paper_tables.md", FIGURES)
 
 
 def override_value(value) -> str:
@@ -66,7 +64,7 @@ def publish(repo: Path, name: str, out_dir: Path, paper_numbers: str | None, pro
     ref = experiment_ref(repo, name)
     if ref is None:
         raise FileNotFoundError(f"no experiment {name!r} in {repo} (`dvc exp show` lists the experiments)")
-    committed = experiment_bytes(repo, name, f"{out_dir.as_posix()}/paper_tables.json")
+    committed = committed_bytes(repo, ref, f"{out_dir.as_posix()}/paper_tables.json")
     if committed is None:
         raise FileNotFoundError(f"experiment {name!r} has no {out_dir}/paper_tables.json: did its report stage run?")
     summary = json.loads(committed)
@@ -78,7 +76,7 @@ def publish(repo: Path, name: str, out_dir: Path, paper_numbers: str | None, pro
     for stale in (target / FIGURES).iterdir():  # a figure of an earlier paper set must not outlive it
         stale.unlink()
     for path in listed:
-        (repo / path).write_bytes(experiment_bytes(repo, name, path))
+        (repo / path).write_bytes(committed_bytes(repo, ref, path))
         written.append(repo / path)
     (target / "paper_tables.json").write_bytes(committed)
     numbers = load_paper_numbers(resolve_path(paper_numbers)) if paper_numbers else None
@@ -90,7 +88,7 @@ def publish(repo: Path, name: str, out_dir: Path, paper_numbers: str | None, pro
 def paper_set_flow(settings: list[str], target: str = "report") -> int:
     logger = get_run_logger()
     repo = Path(os.environ.get("MARN_REPO", str(PROJECT_ROOT))).resolve()
-    name = EXPERIMENT_PREFIX + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = PAPER_SET_PREFIX + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     # the commit DVC copies into the experiment, before anything is committed while it runs
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                           check=True).stdout.strip()

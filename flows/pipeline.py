@@ -27,7 +27,7 @@ from flows.stage import publish_report
 from marn.config import PROJECT_ROOT, ConfigError, load_config
 
 EXPERIMENT_PREFIX = "marn-train-"
-EXPERIMENT_PREFIXES = (EXPERIMENT_PREFIX, "marn-paper-set-")  # the runs that take turns on LOCK_FILE
+PAPER_SET_PREFIX = "marn-paper-set-"  # flows/paper_set.py's runs, which take turns on LOCK_FILE too
 LOCK_FILE = Path(".dvc") / "tmp" / "marn-train.lock"  # held by the run and its `dvc` process while they live
 _DVC_SUCCESS = 3  # DVC's TaskStatus: PENDING 0, PREPARING 1, RUNNING 2, SUCCESS 3, then FAILED, CANCELED, FINISHED
 
@@ -43,7 +43,7 @@ def experiment_overrides(repo: Path, dataset: str, models: list[str] | None,
     return settings
 
 
-def remove_dead_experiments(repo: Path, prefixes: tuple[str, ...] = EXPERIMENT_PREFIXES) -> list[str]:
+def remove_dead_experiments(repo: Path) -> list[str]:
     """Delete the temp copies of this deployment's runs that never finished (their process was killed).
 
     Called with the lock held, so no run of this deployment is alive. DVC deletes the copy of a run that ends,
@@ -58,7 +58,7 @@ def remove_dead_experiments(repo: Path, prefixes: tuple[str, ...] = EXPERIMENT_P
             continue
         name, root = str(info.get("name") or ""), info.get("root_dir")
         unfinished = info.get("status", _DVC_SUCCESS) < _DVC_SUCCESS and root and Path(root).is_dir()
-        if name.startswith(prefixes) and unfinished:
+        if name.startswith((EXPERIMENT_PREFIX, PAPER_SET_PREFIX)) and unfinished:
             shutil.rmtree(root, ignore_errors=True)
             removed.append(name)
     return sorted(set(removed))
@@ -71,13 +71,16 @@ def experiment_ref(repo: Path, name: str) -> str | None:
     return next((r for r in refs if r.rsplit("/", 1)[-1] == name), None)
 
 
+def committed_bytes(repo: Path, ref: str, path: str) -> bytes | None:
+    """The bytes of `path` in the Git commit `ref`, or None."""
+    shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True)
+    return shown.stdout if shown.returncode == 0 else None
+
+
 def experiment_bytes(repo: Path, name: str, path: str) -> bytes | None:
     """The bytes of `path` as experiment `name` committed it, or None."""
     ref = experiment_ref(repo, name)
-    if ref is None:
-        return None
-    shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True)
-    return shown.stdout if shown.returncode == 0 else None
+    return None if ref is None else committed_bytes(repo, ref, path)
 
 
 def experiment_file(repo: Path, name: str, path: str) -> str | None:

@@ -63,14 +63,16 @@ def _standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
     return (train - mean) / sd, (test - mean) / sd
 
 
-def _ridge_fit_predict(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor) -> torch.Tensor:
+def _ridge_fit_predict(x: torch.Tensor, gram_eigen: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor,
+                       x_test: torch.Tensor) -> torch.Tensor:
     """Scores of `x_test` from a ridge regression on one-hot `y`, its weight picked by leave-one-out
-    accuracy on (x, y). Kernel form: the features outnumber the items."""
-    n, d = x.shape
+    accuracy on (x, y). Kernel form, the features outnumber the items: `gram_eigen` is eigh(x x^T), shared by
+    every target fitted on the same `x`."""
+    d = x.shape[1]
+    eigenvalues, eigenvectors = gram_eigen
     targets = torch.nn.functional.one_hot(y, int(y.max()) + 1).to(torch.float64)
     y_mean = targets.mean(0)
     centred = targets - y_mean
-    eigenvalues, eigenvectors = torch.linalg.eigh(x @ x.T)
     projected = eigenvectors.T @ centred
     best = (-1.0, None)
     for weight in RIDGE_GRID:
@@ -87,20 +89,28 @@ def _ridge_fit_predict(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor) -
     return x_test @ (x.T @ dual) + y_mean
 
 
-def probe_accuracy(features: torch.Tensor, levels: np.ndarray, seed: int = 0) -> float:
-    """Held-out accuracy of a ridge classifier from `features` [n, d] to `levels` [n], over FOLDS seeded folds."""
+def probe_accuracies(features: torch.Tensor, levels: np.ndarray, seed: int = 0) -> list[float]:
+    """Held-out accuracy of a ridge classifier from `features` [n, d] to each column of `levels` [n, factors],
+    over FOLDS seeded folds (standardized and decomposed once per fold for all factors)."""
     n = len(levels)
     if n < FOLDS:
         raise ValueError(f"a probe needs at least {FOLDS} items, got {n}")
     fold = np.random.default_rng(seed).permutation(n) % FOLDS
     labels = torch.from_numpy(levels)
-    correct = 0
+    correct = torch.zeros(levels.shape[1], dtype=torch.int64)
     for k in range(FOLDS):
         train, test = torch.from_numpy(fold != k), torch.from_numpy(fold == k)
         x, x_test = _standardize(features[train].to(torch.float64), features[test].to(torch.float64))
-        scores = _ridge_fit_predict(x, labels[train], x_test)
-        correct += int((scores.argmax(1) == labels[test]).sum())
-    return correct / n
+        gram_eigen = torch.linalg.eigh(x @ x.T)
+        for f in range(levels.shape[1]):
+            scores = _ridge_fit_predict(x, gram_eigen, labels[train, f], x_test)
+            correct[f] += int((scores.argmax(1) == labels[test, f]).sum())
+    return (correct / n).tolist()
+
+
+def probe_accuracy(features: torch.Tensor, levels: np.ndarray, seed: int = 0) -> float:
+    """Held-out accuracy of a ridge classifier from `features` [n, d] to `levels` [n], over FOLDS seeded folds."""
+    return probe_accuracies(features, levels[:, None], seed)[0]
 
 
 def run_probes(raw_dir: Path, prepared_dir: Path, features_dir: Path, seed: int = 0) -> dict:
@@ -117,14 +127,14 @@ def run_probes(raw_dir: Path, prepared_dir: Path, features_dir: Path, seed: int 
         "image": table.image[rows].to(torch.float64) if has_image.any() else None,
         "title": mean_title_vectors(table.title_ids[rows], table.word_vectors),
     }
+    targets = levels[items]
+    accuracy = {m: None if features[m] is None else probe_accuracies(features[m], targets, seed) for m in MODALITIES}
     factors = []
     for f, (name, kind) in enumerate(zip(names, kinds)):
-        target = levels[items, f]
         factors.append({
             "factor": name, "kind": kind,
-            **{m: None if features[m] is None else round(probe_accuracy(features[m], target, seed), 4)
-               for m in MODALITIES},
-            "chance": round(float(np.bincount(target).max() / len(target)), 4),
+            **{m: None if accuracy[m] is None else round(accuracy[m][f], 4) for m in MODALITIES},
+            "chance": round(float(np.bincount(targets[:, f]).max() / len(targets)), 4),
         })
     report = json.loads((features_dir / "report.json").read_text()) if (features_dir / "report.json").is_file() else {}
     return {
