@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from marn import ops
+from marn.data.formats import read_samples, samples_file
 
 ALL_PROVIDERS = ("reference", "cpp", "cuda", "triton", "compile", "gru", "gru_packed")
 CSV_FIELDS = ("op", "provider", "lengths", "shape", "mode", "p20_ms", "p50_ms", "p80_ms", "speedup", "vs_gru",
@@ -81,20 +82,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_history_lengths(prepared: Path, max_len: int) -> tuple[np.ndarray, str]:
     """Every train sample's history length as the data loader cuts it, and where the data came from."""
-    if (prepared / "train.npy").is_file():
-        return np.minimum(np.load(prepared / "train.npy", mmap_mode="r")["pos"], max_len), str(prepared)
-    from marn.config import load_config  # noqa: PLC0415 - only needed without prepared data
-    from marn.data.fetch import fetch  # noqa: PLC0415
-    from marn.data.prepare import PrepareOptions, prepare  # noqa: PLC0415
+    if (prepared / samples_file("train")).is_file():
+        return np.minimum(read_samples(prepared, "train")["pos"], max_len), str(prepared)
+    from marn.data.fetch import fetch  # noqa: PLC0415 - only needed without prepared data
+    from marn.data.prepare import prepare  # noqa: PLC0415
+    from marn.pipeline import load_params  # noqa: PLC0415
 
-    cfg = load_config()
+    data = load_params().data
     with tempfile.TemporaryDirectory(prefix="marn-bench-data-") as folder:
         raw, prepared_now = Path(folder) / "raw", Path(folder) / "prepared"
-        print(f"no {prepared / 'train.npy'}: preparing the default data ({cfg.data.source}) in {folder}", file=sys.stderr)
-        fetch(cfg.data, raw)
-        prepare(raw, prepared_now, PrepareOptions.from_config(cfg.data))
-        lengths = np.minimum(np.load(prepared_now / "train.npy")["pos"], max_len)
-    return lengths, f"default params.yaml data ({cfg.data.source}), prepared afresh"
+        print(f"no {prepared / samples_file('train')}: preparing the default data ({data.source}) in {folder}",
+              file=sys.stderr)
+        fetch(data, raw)
+        prepare(data, raw, prepared_now)
+        lengths = np.minimum(read_samples(prepared_now, "train")["pos"], max_len)
+    return lengths, f"default params.yaml data ({data.source}), prepared afresh"
 
 
 def batch_lengths(args, batch: int, kind: str, population: np.ndarray | None) -> list[int]:
@@ -212,11 +214,8 @@ def _no_grad(fn):
 
 
 def _with_backend(name: str, fn):
-    ops.set_backend(name)
-    try:
+    with ops.use_backend(name):
         return fn()
-    finally:
-        ops.set_backend(None)
 
 
 def _squeeze_state(result):

@@ -33,11 +33,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from marn import ops
-from marn.config import load_config, resolve_path
-from marn.data.dataset import CTRDataset, make_loader
+from marn.batch import Batch
+from marn.config import Params, Paths
+from marn.data.dataset import CTRDataset, load_split, make_loader
 from marn.data.item_table import load_item_table
+from marn.items import ItemTable
 from marn.models.base import Architecture
 from marn.models.registry import build_model
+from marn.pipeline import load_params
 from marn.train import adversarial_weight, make_optimizer, train_step
 from train_throughput import RESULTS_DIR, machine_summary, markdown_table, save_results
 
@@ -180,48 +183,48 @@ def part_times(events, tracker: PartTracker) -> list[dict[str, list[float]]]:
     return steps
 
 
-def flop_counts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, weight: float
+def flop_counts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, weight: float
                 ) -> dict[str, float]:
     """FLOPs of one step per part on the reference ops (APGRU over the padded batch), on copies."""
     model, optimizer = copy.deepcopy((model, optimizer))
     tracker = PartTracker(model, optimizer)
-    ops.set_backend("reference")
-    with PartFlopCounter(tracker) as counter:
+    with ops.use_backend("reference"), PartFlopCounter(tracker) as counter:
         train_step(model, model, optimizer, batch, 1.0, 1, weight)
     return counter.flops
 
 
-def profile_batch_size(cfg, table, dataset, batch_size: int, steps: int, backend: str, weight: float) -> dict:
-    loader = make_loader(dataset, batch_size, shuffle=True, seed=int(cfg.train.seed))
+def profile_batch_size(config: Params, table: ItemTable, dataset: CTRDataset, batch_size: int, steps: int,
+                       backend: str, weight: float) -> dict:
+    train = config.train
+    loader = make_loader(dataset, batch_size, shuffle=True, seed=train.seed)
     batches = [dataset.__getitems__(indices) for _, indices in zip(range(steps), loader.batch_sampler)]
-    torch.manual_seed(int(cfg.train.seed))
-    model = build_model(MODEL, table, Architecture.from_config(cfg)).train()
-    optimizer = make_optimizer(str(cfg.train.optimizer), [p for p in model.parameters() if p.requires_grad],
-                               float(cfg.train.lr))
+    torch.manual_seed(train.seed)
+    model = build_model(MODEL, table, Architecture.from_config(train, config.data)).train()
+    optimizer = make_optimizer(train.optimizer, [p for p in model.parameters() if p.requires_grad], train.lr)
     # mean FLOPs of a step over the batches; the APGRU's real share: sum of lengths / (batch x longest)
     executed, real = dict.fromkeys(PARTS, 0.0), dict.fromkeys(PARTS, 0.0)
     for batch in batches:
-        lengths = batch["hist_len"]
+        lengths = batch.hist_len
         real_share = float(lengths.sum()) / (len(lengths) * max(int(lengths.max()), 1))
         for part, count in flop_counts(model, optimizer, batch, weight).items():
             executed[part] += count / len(batches)
             real[part] += count * (real_share if part == "APGRU" else 1.0) / len(batches)
-    lengths = torch.cat([batch["hist_len"] for batch in batches])
+    lengths = torch.cat([batch.hist_len for batch in batches])
 
     rate = sgemm_rate()  # measured beside the step, as the machine's load changes
-    ops.set_backend(backend)
     step = lambda batch: train_step(model, model, optimizer, batch, 1.0, 1, weight)  # noqa: E731
-    step(batches[0])  # warm-up
-    wall = []
-    for batch in batches:
-        started = time.perf_counter()
-        step(batch)
-        wall.append((time.perf_counter() - started) * 1e3)
-    tracker = PartTracker(model, optimizer)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with ops.use_backend(backend):
+        step(batches[0])  # warm-up
+        wall = []
         for batch in batches:
-            with record_function("step"):
-                step(batch)
+            started = time.perf_counter()
+            step(batch)
+            wall.append((time.perf_counter() - started) * 1e3)
+        tracker = PartTracker(model, optimizer)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for batch in batches:
+                with record_function("step"):
+                    step(batch)
     events = profiler.events()
     per_step = part_times(events, tracker)
     profiled_total = statistics.median(e.time_range.elapsed_us() / 1e3 for e in events if e.name == "step")
@@ -244,15 +247,14 @@ def profile_batch_size(cfg, table, dataset, batch_size: int, steps: int, backend
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.overrides)
-    ops.configure(cfg.ops)
-    torch.set_num_threads(int(cfg.train.num_threads) or torch.get_num_threads())
+    config = load_params(args.overrides)
+    paths = Paths.from_params(config)
+    torch.set_num_threads(config.train.num_threads or torch.get_num_threads())
     torch.set_flush_denormal(True)
-    prepared_dir = resolve_path(cfg.data.prepared_dir)
-    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
-    dataset = CTRDataset(prepared_dir, "train", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
-    weight = adversarial_weight(0.5, float(cfg.train.lambda0), float(cfg.train.gamma))  # mid-training
-    results = [profile_batch_size(cfg, table, dataset, size, args.steps, args.backend, weight)
+    table = load_item_table(paths.prepared, paths.features)
+    dataset = load_split(paths.prepared, "train", config.data)
+    weight = adversarial_weight(0.5, config.train.lambda0, config.train.gamma)  # mid-training
+    results = [profile_batch_size(config, table, dataset, size, args.steps, args.backend, weight)
                for size in args.batch_sizes]
     payload = {"backend": args.backend, "steps": args.steps,
                "machine": machine_summary(torch.device("cpu")), "batch_sizes": results}

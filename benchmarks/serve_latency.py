@@ -20,17 +20,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from train_throughput import RESULTS_DIR, machine_summary, markdown_table, save_results
 
 from marn import ops
-from marn.config import load_config, resolve_path
-from marn.data.dataset import CTRDataset
-from marn.data.item_table import RESERVED_ENTRIES, load_item_table
-from marn.models.persistence import load_model
-from marn.models.registry import model_folder
-from marn.serve import RepresentationScorer, item_representations, request_of_sample
+from marn.config import Params, Paths
+from marn.data.dataset import load_split
+from marn.data.formats import read_items
+from marn.data.item_table import load_item_table
+from marn.items import RESERVED_ENTRIES
+from marn.models.persistence import load_model, model_file
+from marn.pipeline import load_params
+from marn.serve.scoring import RepresentationScorer, item_representations, request_of_sample
 
 WARM_UP_REQUESTS = 10
 
@@ -52,17 +53,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.overrides)
-    ops.configure(cfg.ops)
-    torch.set_num_threads(args.threads or int(cfg.train.num_threads) or torch.get_num_threads())
-    torch.set_flush_denormal(True)  # for both paths alike
-    prepared_dir = resolve_path(cfg.data.prepared_dir)
-    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
-    model = load_model(model_folder(resolve_path(cfg.train.out_dir), args.model) / "model.pt", args.model, table)
-    asins = pq.read_table(prepared_dir / "items.parquet", columns=["asin"]).column("asin").to_pylist()
-    scorer = RepresentationScorer(model, item_representations(model, table.n_items), int(cfg.data.max_len), asins)
+    config = load_params(args.overrides)
+    paths = Paths.from_params(config)
+    with ops.use_backend(config.ops.backend):
+        return _measure(args, config, paths)
 
-    dataset = CTRDataset(prepared_dir, "test", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
+
+def _measure(args: argparse.Namespace, config: Params, paths: Paths) -> dict:
+    torch.set_num_threads(args.threads or config.train.num_threads or torch.get_num_threads())
+    torch.set_flush_denormal(True)  # for both paths alike
+    table = load_item_table(paths.prepared, paths.features)
+    model = load_model(model_file(paths.models, args.model), args.model, table)
+    asins = read_items(paths.prepared, ["asin"]).column("asin").to_pylist()
+    scorer = RepresentationScorer(model, item_representations(model, table.n_items), config.data.max_len,
+                                  config.ops.backend, asins)
+
+    dataset = load_split(paths.prepared, "test", config.data)
     catalogue = np.arange(RESERVED_ENTRIES, table.n_items)
     if args.candidates > len(catalogue):
         raise ValueError(f"--candidates {args.candidates} exceeds the {len(catalogue)} items of the catalogue")
@@ -71,13 +77,14 @@ def main(argv: list[str] | None = None) -> dict:
     requests = [request_of_sample(dataset, int(i), rng.choice(catalogue, args.candidates, replace=False).tolist())
                 for i in samples]
 
-    paths = {"exported": scorer.score, "full-model": lambda request: model(scorer.request_batch(request))["prob"]}
-    latencies_ms: dict[str, list[float]] = {name: [] for name in paths}
+    scoring_paths = {"exported": scorer.score,
+                     "full-model": lambda request: model(scorer.request_batch(request))["prob"]}
+    latencies_ms: dict[str, list[float]] = {name: [] for name in scoring_paths}
     largest_difference = 0.0
     with torch.inference_mode():
         for number, request in enumerate(requests):
             scores = {}
-            for name, score in paths.items():
+            for name, score in scoring_paths.items():
                 started = time.perf_counter()
                 scores[name] = score(request)
                 elapsed = (time.perf_counter() - started) * 1e3
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["speedup_p50"] = full["p50_ms"] / row["p50_ms"]
         row["speedup_requests_per_s"] = row["requests_per_s"] / full["requests_per_s"]
     settings = {"model": args.model, "requests": args.requests, "candidates": args.candidates,
-                "max_len": int(cfg.data.max_len), "hidden": int(scorer.representations.shape[1]),
+                "max_len": config.data.max_len, "hidden": int(scorer.representations.shape[1]),
                 "items": table.n_items, "max_abs_score_difference": largest_difference}
     payload = {"settings": settings, "machine": machine_summary(torch.device("cpu")), "rows": rows}
     save_results(args.out, payload)

@@ -33,11 +33,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from train_throughput import RESULTS_DIR, machine_summary, markdown_table, save_results
 
-from marn.config import load_config, resolve_path
-from marn.data.dataset import CTRDataset
-from marn.data.item_table import RESERVED_ENTRIES
-from marn.serve import DEFAULT_EXPORT_ROOT, ID_MAP_FILE
-from marn.serve_http import server_process
+from marn.config import DataConfig, Params, Paths
+from marn.data.dataset import load_split
+from marn.items import RESERVED_ENTRIES
+from marn.pipeline import load_params
+from marn.serve.cli import DEFAULT_EXPORT_ROOT
+from marn.serve.scoring import ID_MAP_FILE
+from marn.serve.server import server_process
 
 COLUMNS = ["workers", "candidates", "clients", "requests", "requests_per_s", "p50_ms", "p99_ms", "errors"]
 
@@ -61,18 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def request_bodies(cfg, export_dir: Path, candidates: int, count: int, seed: int) -> list[bytes]:
+def request_bodies(data: DataConfig, paths: Paths, export_dir: Path, candidates: int, count: int, seed: int
+                   ) -> list[bytes]:
     """`count` request bodies: real test histories, `candidates` uniform catalogue items each."""
     asins = pq.read_table(export_dir / ID_MAP_FILE, columns=["asin"]).column("asin").to_pylist()
-    dataset = CTRDataset(resolve_path(cfg.data.prepared_dir), "test", int(cfg.data.max_len),
-                         int(cfg.data.time_gap_buckets))
+    dataset = load_split(paths.prepared, "test", data)
     rng = np.random.default_rng(seed)
     bodies = []
     for index in rng.integers(0, len(dataset), count):
         row = dataset.samples[index]
         start = int(dataset.offsets[row["user"]])
         end = start + int(row["pos"])
-        begin = max(start, end - int(cfg.data.max_len))
+        begin = max(start, end - data.max_len)
         items = rng.integers(RESERVED_ENTRIES, len(asins), candidates)
         bodies.append(json.dumps({
             "history": [asins[i] for i in dataset.seq_items[begin:end]],
@@ -109,9 +111,10 @@ def client(base: str, bodies: list[bytes], warm_up: int, start: threading.Barrie
     connection.close()
 
 
-def run_case(args, cfg, export_dir: Path, workers: int, candidates: int, env: dict) -> dict:
+def run_case(args, config: Params, export_dir: Path, workers: int, candidates: int, env: dict) -> dict:
     per_client = -(-args.requests // args.clients)
-    bodies = request_bodies(cfg, export_dir, candidates, args.clients * (args.warm_up + per_client), args.seed)
+    bodies = request_bodies(config.data, Paths.from_params(config), export_dir, candidates,
+                            args.clients * (args.warm_up + per_client), args.seed)
     server_args = [args.model, *args.overrides, "--dir", str(export_dir)]
     with server_process(server_args, env, workers) as base:
         start = threading.Barrier(args.clients + 1)
@@ -138,24 +141,24 @@ def run_case(args, cfg, export_dir: Path, workers: int, candidates: int, env: di
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.overrides)
-    export_dir = (args.dir or resolve_path(DEFAULT_EXPORT_ROOT) / args.model).resolve()
+    config = load_params(args.overrides)
+    export_dir = (args.dir or Path.cwd() / DEFAULT_EXPORT_ROOT / args.model).resolve()
     if not (export_dir / ID_MAP_FILE).is_file():
         sys.exit(f"error: no export in {export_dir}: run python -m marn.serve export {args.model} first")
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     rows = []
     for workers in args.workers:
         for candidates in args.candidates:
-            row = run_case(args, cfg, export_dir, workers, candidates, env)
+            row = run_case(args, config, export_dir, workers, candidates, env)
             rows.append(row)
             print(f"workers={workers} candidates={candidates}: {row['requests_per_s']:.1f} requests/s, "
                   f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, errors {row['errors']}", flush=True)
     import torch
 
     payload = {"settings": {"model": args.model, "clients": args.clients, "requests": args.requests,
-                            "warm_up": args.warm_up, "max_seconds": args.max_seconds, "max_len": int(cfg.data.max_len),
-                            "hidden": int(cfg.train.hidden), "ops_backend": str(cfg.ops.backend),
-                            "server_threads": int(cfg.train.num_threads)},
+                            "warm_up": args.warm_up, "max_seconds": args.max_seconds, "max_len": config.data.max_len,
+                            "hidden": config.train.hidden, "ops_backend": config.ops.backend,
+                            "server_threads": config.train.num_threads},
                "machine": machine_summary(torch.device("cpu")), "rows": rows}
     save_results(args.out, payload)
     with open(args.out.with_suffix(".csv"), "w", newline="") as f:

@@ -39,13 +39,16 @@ import torch
 import torch.nn.functional as F
 
 from marn import ops
-from marn.config import load_config, resolve_path
-from marn.data.dataset import CTRDataset, make_loader
-from marn.data.item_table import ItemTable, load_item_table
+from marn.batch import Batch
+from marn.config import Params, Paths
+from marn.data.dataset import CTRDataset, load_split, make_loader
+from marn.data.item_table import load_item_table
+from marn.items import ItemTable
 from marn.models.base import Architecture
 from marn.models.registry import build_model
 from marn.nn.modality_embedding import BRAND_DIM, CATEGORY_DIM
 from marn.ops.backend import require_compiled
+from marn.pipeline import load_params
 from marn.train import adversarial_weight, make_optimizer, train_step
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -97,28 +100,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def marn_steps(cfg, table: ItemTable, device: torch.device, backend: str) -> Callable[[dict], object]:
+def marn_steps(config: Params, table: ItemTable, device: torch.device, backend: str) -> Callable[[Batch], object]:
     """One MARN training step per call on `backend` (the train stage's step, one process)."""
-    torch.manual_seed(int(cfg.train.seed))
-    model = build_model(MODEL, table, Architecture.from_config(cfg)).to(device).train()
-    optimizer = make_optimizer(str(cfg.train.optimizer), [p for p in model.parameters() if p.requires_grad],
-                               float(cfg.train.lr))
-    weight = adversarial_weight(0.5, float(cfg.train.lambda0), float(cfg.train.gamma))  # mid-training
+    torch.manual_seed(config.train.seed)
+    model = build_model(MODEL, table, Architecture.from_config(config.train, config.data)).to(device).train()
+    optimizer = make_optimizer(config.train.optimizer, [p for p in model.parameters() if p.requires_grad],
+                               config.train.lr)
+    weight = adversarial_weight(0.5, config.train.lambda0, config.train.gamma)  # mid-training
 
-    def step(batch: dict) -> object:
-        ops.set_backend(backend)
-        return train_step(model, model, optimizer, batch, 1.0, 1, weight)
+    def step(batch: Batch) -> object:
+        with ops.use_backend(backend):
+            return train_step(model, model, optimizer, batch, 1.0, 1, weight)
 
     return step
 
 
-def dien_steps(cfg, table: ItemTable, batches: list[dict], device: torch.device
+def dien_steps(config: Params, table: ItemTable, batches: list[Batch], device: torch.device
                ) -> tuple[Callable[[dict], object], list[dict]]:
     """deepctr-torch's DIEN on MARN's ID features, and the batches in its input layout."""
     from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
     from deepctr_torch.models import DIEN
 
-    max_len, width = int(cfg.data.max_len), int(cfg.train.hidden)
+    max_len, width = config.data.max_len, config.train.hidden
     id_features = [("category", table.n_categories, CATEGORY_DIM)]
     if table.has_brands:
         id_features.append(("brand", table.n_brands, BRAND_DIM))
@@ -129,28 +132,28 @@ def dien_steps(cfg, table: ItemTable, batches: list[dict], device: torch.device
     columns = [SparseFeat(name, size, dim) for name, size, dim in id_features]
     columns += [VarLenSparseFeat(SparseFeat(f"hist_{name}", size, dim, embedding_name=name), maxlen=max_len,
                                  length_name="hist_len") for name, size, dim in id_features]
-    torch.manual_seed(int(cfg.train.seed))
+    torch.manual_seed(config.train.seed)
     model = DIEN(columns, [name for name, _, _ in id_features], gru_type="AUGRU", use_negsampling=False,
-                 dnn_hidden_units=tuple(int(h) for h in cfg.train.prediction_mlp), device=str(device),
-                 seed=int(cfg.train.seed))
+                 dnn_hidden_units=tuple(config.train.prediction_mlp), device=str(device),
+                 seed=config.train.seed)
     model.train()
-    optimizer = make_optimizer(str(cfg.train.optimizer), list(model.parameters()), float(cfg.train.lr))
+    optimizer = make_optimizer(config.train.optimizer, list(model.parameters()), config.train.lr)
     # item index -> the ID each feature embeds; row 0 (padding) maps to 0 in every vocabulary
     id_of = {"item": torch.arange(table.n_items), "category": table.category, "brand": table.brand}
     n_columns = max(end for _, end in model.feature_index.values())
 
-    def to_dien(batch: dict) -> dict:
+    def to_dien(batch: Batch) -> dict:
         """deepctr-torch's input: one float matrix, each feature in its `feature_index` columns."""
-        inputs = torch.zeros(len(batch["target_item"]), n_columns)
-        history = torch.zeros(len(batch["target_item"]), max_len, dtype=torch.int64)
-        history[:, :batch["hist_items"].shape[1]] = batch["hist_items"].cpu()
-        values = {"hist_len": batch["hist_len"].cpu().unsqueeze(1)}
+        inputs = torch.zeros(len(batch), n_columns)
+        history = torch.zeros(len(batch), max_len, dtype=torch.int64)
+        history[:, :batch.hist_items.shape[1]] = batch.hist_items.cpu()
+        values = {"hist_len": batch.hist_len.cpu().unsqueeze(1)}
         for name, _, _ in id_features:
-            values[name] = id_of[name][batch["target_item"].cpu()].unsqueeze(1)
+            values[name] = id_of[name][batch.target_item.cpu()].unsqueeze(1)
             values[f"hist_{name}"] = id_of[name][history]
         for name, (start, end) in model.feature_index.items():
             inputs[:, start:end] = values[name].float()
-        return {"inputs": inputs.to(device), "label": batch["label"]}
+        return {"inputs": inputs.to(device), "label": batch.label}
 
     def step(batch: dict) -> object:
         predicted = model(batch["inputs"]).squeeze(-1)
@@ -176,20 +179,20 @@ def index_batches(dataset: CTRDataset, batch_size: int, lengths: str, count: int
     return [full[torch.randint(len(full), (batch_size,), generator=generator)].tolist() for _ in range(count)]
 
 
-def time_providers(cfg, table: ItemTable, batches: list[dict], names: list[str], device: torch.device,
+def time_providers(config: Params, table: ItemTable, batches: list[Batch], names: list[str], device: torch.device,
                    rounds: int) -> dict[str, list[float]]:
     """samples/s of each provider's pass over `batches`, per round, the providers taking turns."""
     fused_backend = "cuda" if device.type == "cuda" else "cpp"
-    providers: dict[str, tuple[Callable[[dict], object], list[dict]]] = {}
+    providers: dict[str, tuple[Callable, list]] = {}
     for name in names:
         if name == "deepctr-dien":
-            providers[name] = dien_steps(cfg, table, batches, device)
+            providers[name] = dien_steps(config, table, batches, device)
         else:
             backend = fused_backend if name == "marn-fused" else "reference"
-            providers[name] = (marn_steps(cfg, table, device, backend), batches)
-    samples_per_pass = sum(len(batch["label"]) for batch in batches)
+            providers[name] = (marn_steps(config, table, device, backend), batches)
+    samples_per_pass = sum(len(batch) for batch in batches)
 
-    def one_pass(step: Callable[[dict], object], provider_batches: list[dict]) -> float:
+    def one_pass(step: Callable, provider_batches: list) -> float:
         synchronize(device)
         started = time.perf_counter()
         for batch in provider_batches:
@@ -208,23 +211,23 @@ def time_providers(cfg, table: ItemTable, batches: list[dict], names: list[str],
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.overrides)
-    torch.set_num_threads(args.threads or int(cfg.train.num_threads) or torch.get_num_threads())
+    config = load_params(args.overrides)
+    paths = Paths.from_params(config)
+    torch.set_num_threads(args.threads or config.train.num_threads or torch.get_num_threads())
     torch.set_flush_denormal(True)  # for every provider alike: denormal floats would slow some and not others
     device = torch.device(args.device)
     if "marn-fused" in args.providers:
         require_compiled()
 
-    prepared_dir = resolve_path(cfg.data.prepared_dir)
-    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
-    dataset = CTRDataset(prepared_dir, "train", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
+    table = load_item_table(paths.prepared, paths.features)
+    dataset = load_split(paths.prepared, "train", config.data)
     rows, each_round = [], []
-    for batch_size in args.batch_sizes or [int(cfg.train.batch_size)]:
+    for batch_size in args.batch_sizes or [config.train.batch_size]:
         for lengths in args.lengths:
-            indices = index_batches(dataset, batch_size, lengths, args.batches, int(cfg.train.seed))
-            batches = [{k: v.to(device) for k, v in dataset.__getitems__(part).items()} for part in indices]
-            mean_history = float(torch.cat([batch["hist_len"].float().cpu() for batch in batches]).mean())
-            rates = time_providers(cfg, table, batches, args.providers, device, args.rounds)
+            indices = index_batches(dataset, batch_size, lengths, args.batches, config.train.seed)
+            batches = [dataset.__getitems__(part).to(device) for part in indices]
+            mean_history = float(torch.cat([batch.hist_len.float().cpu() for batch in batches]).mean())
+            rates = time_providers(config, table, batches, args.providers, device, args.rounds)
             median = {name: statistics.median(values) for name, values in rates.items()}
             for name in rates:
                 row = {"batch_size": batch_size, "lengths": lengths, "mean_history": mean_history,
@@ -235,9 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
             each_round.append({"batch_size": batch_size, "lengths": lengths, "samples_per_s": rates})
     columns = ["batch_size", "lengths", "mean_history", "provider", "samples_per_s", "vs_marn-reference",
                "vs_deepctr-dien"]
-    settings = {"batch_sizes": args.batch_sizes or [int(cfg.train.batch_size)], "lengths": args.lengths,
-                "batches": args.batches, "rounds": args.rounds, "max_len": int(cfg.data.max_len),
-                "hidden": int(cfg.train.hidden), "optimizer": str(cfg.train.optimizer),
+    settings = {"batch_sizes": args.batch_sizes or [config.train.batch_size], "lengths": args.lengths,
+                "batches": args.batches, "rounds": args.rounds, "max_len": config.data.max_len,
+                "hidden": config.train.hidden, "optimizer": config.train.optimizer,
                 "train_samples": len(dataset), "items": table.n_items}
     payload = {"settings": settings, "machine": machine_summary(device), "rows": rows,
                "samples_per_s_each_round": each_round}

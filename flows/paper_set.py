@@ -28,7 +28,8 @@ from flows.pipeline import PAPER_SET_PREFIX, committed_bytes, dvc_experiment, ex
 from marn.analysis.paper import load_paper_numbers
 from marn.analysis.report import FIGURES
 from marn.analysis.tables import render_report
-from marn.config import PROJECT_ROOT, ConfigError, load_config, resolve_path
+from marn.config import PROJECT_ROOT, ConfigError
+from marn.pipeline import load_params
 
 DEFAULT_PRESET = Path("presets") / "paper.yaml"
 
@@ -51,7 +52,7 @@ def preset_settings(preset: Path, extra: list[str]) -> list[str]:
     if not isinstance(entries, dict) or not all(isinstance(key, str) for key in entries):
         raise ConfigError(f"{preset}: a preset is a mapping of params.yaml keys (data.max_len: 20) to values")
     settings = [f"{key}={override_value(value)}" for key, value in entries.items()] + list(extra)
-    load_config(settings)
+    load_params(settings)
     return settings
 
 
@@ -79,7 +80,7 @@ def publish(repo: Path, name: str, out_dir: Path, paper_numbers: str | None, pro
         (repo / path).write_bytes(committed_bytes(repo, ref, path))
         written.append(repo / path)
     (target / "paper_tables.json").write_bytes(committed)
-    numbers = load_paper_numbers(resolve_path(paper_numbers)) if paper_numbers else None
+    numbers = load_paper_numbers(Path(paper_numbers)) if paper_numbers else None
     (target / "paper_tables.md").write_text(render_report(summary, numbers, provenance))
     return [*written, target / "paper_tables.json", target / "paper_tables.md"]
 
@@ -101,12 +102,12 @@ def paper_set_flow(settings: list[str], target: str = "report") -> int:
         return code
     logger.info("experiment %s finished in %.1f min", name, minutes)
     if target == "report":
-        cfg = load_config(settings)
+        config = load_params(settings)
         provenance = [f"command: `python -m flows.paper_set` (= `{command_line(settings, target, name)}`)",
                       f"wall time: {minutes:.0f} min on this project's 2-core CPU machine, stages restored from "
                       "DVC's run cache included (a rerun with unchanged code and data restores all of them)",
                       f"experiment `{name}` from commit {head} (`dvc exp show` lists it)"]
-        for path in publish(repo, name, Path(cfg.analysis.out_dir), cfg.analysis.paper_numbers, provenance):
+        for path in publish(repo, name, Path(config.analysis.out_dir), config.analysis.paper_numbers, provenance):
             logger.info("published %s", path.relative_to(repo))
     return 0
 

@@ -24,7 +24,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows.stage import publish_report
-from marn.config import PROJECT_ROOT, ConfigError, load_config
+from marn.config import PROJECT_ROOT, ConfigError
+from marn.pipeline import load_params
 
 EXPERIMENT_PREFIX = "marn-train-"
 PAPER_SET_PREFIX = "marn-paper-set-"  # flows/paper_set.py's runs, which take turns on LOCK_FILE too
@@ -39,7 +40,7 @@ def experiment_overrides(repo: Path, dataset: str, models: list[str] | None,
     if models:
         settings.append("train.models=[" + ",".join(models) + "]")
     settings += list(overrides or [])
-    load_config(settings, path=repo / "params.yaml")
+    load_params(settings, path=repo / "params.yaml")
     return settings
 
 
@@ -133,7 +134,7 @@ def pipeline_flow(dataset: str = "synthetic", models: list[str] | None = None,
     if code != 0:
         logger.error("error: dvc exp run failed with exit code %d; its output is above", code)
         return Failed(message=f"error: dvc exp run failed with exit code {code}")
-    metrics_text = experiment_file(repo, name, load_config(settings, path=repo / "params.yaml").evaluate.out)
+    metrics_text = experiment_file(repo, name, load_params(settings, path=repo / "params.yaml").evaluate.out)
     metrics = json.loads(metrics_text) if metrics_text else {}
     logger.info("experiment %s: `dvc exp show` lists it, `dvc exp apply %s` brings it into %s", name, name, repo)
     publish_report("pipeline-metrics", "marn-train: evaluation",

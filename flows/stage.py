@@ -1,21 +1,25 @@
-"""What every stage command shares: Hydra-style overrides from argv, the checked config, a report artifact."""
+"""The one Prefect wrapper of the stages: `python -m flows.stage STAGE [MODEL] [key=value ...]` runs
+`marn.pipeline.STAGES[STAGE]` as the flow `marn-<stage>` with one task, and publishes its report as an artifact.
+
+The config is loaded and checked before Prefect starts, so a mistake exits with one `error: ...` line and no server.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Callable
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
-from marn.config import load_config  # noqa: E402
+from marn.config import ConfigError, Paths  # noqa: E402
+from marn.pipeline import Stage, load_params, parse_command  # noqa: E402
 
-
-def config_from(overrides: list[str] | None):
-    return load_config(list(overrides or []))
+RETRIES = {"fetch": 2}  # downloads may fail for a moment; the other stages fail for a reason
+RETRY_DELAY_S = 10
 
 
 def publish_report(key: str, title: str, report: dict) -> None:
@@ -29,16 +33,32 @@ def publish_report(key: str, title: str, report: dict) -> None:
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
 
 
-def main(stage_flow: Callable, check: Callable | None = None) -> None:
-    """Run a stage flow with `sys.argv[1:]` as Hydra overrides; a bad config exits with its message.
+def stage_flow(stage: Stage):
+    """The flow `marn-<stage>`: one task running the stage function, then its report as an artifact."""
+    run_task = task(stage.run, name=stage.name, retries=RETRIES.get(stage.name, 0), retry_delay_seconds=RETRY_DELAY_S)
 
-    `check(cfg)` is the stage's own validation, run like the schema check before Prefect starts.
-    """
-    overrides = sys.argv[1:]
+    def run_name() -> str:
+        from prefect.runtime import flow_run
+
+        return " ".join([stage.name, *flow_run.parameters["stage_args"]])
+
+    def run_stage(stage_args: list[str], overrides: list[str]) -> dict:
+        config = load_params(overrides)
+        report = run_task(config, Paths.from_params(config), *stage_args)
+        publish_report(f"{stage.name.replace('_', '-')}-report", run_name(), report)
+        return report
+
+    return flow(run_stage, name=f"marn-{stage.name}", flow_run_name=run_name)
+
+
+def main(argv: list[str] | None = None) -> None:
     try:
-        cfg = config_from(overrides)
-        if check is not None:
-            check(cfg)
-    except ValueError as err:  # marn.config.ConfigError is a ValueError
+        stage, stage_args, overrides = parse_command(sys.argv[1:] if argv is None else argv)
+        load_params(overrides)  # a mistake stops here, before a Prefect server starts
+    except ConfigError as err:
         sys.exit(f"error: {err}")
-    stage_flow(overrides=overrides)
+    stage_flow(stage)(stage_args, overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,58 @@
-"""The one configuration: `params.yaml` composed through Hydra and checked against a typed schema.
+"""The one configuration: `params.yaml` composed through Hydra, checked once, converted once to typed sections.
 
-Each stage owns one section (`data`, `features`, `ops`, `train`, ...). A section's dataclass is the
-schema: a key missing from it, or a value of the wrong type, fails with the key's full name.
+Each stage receives `Params` (whose sections are the dataclasses below, values already of their Python types) and
+`Paths` (every folder and file a stage reads or writes, resolved once). A section's dataclass is its schema and
+holds its own range checks (`problems`); a key missing from it, or a value of the wrong type, fails with the key's
+full name. Names that only a registry knows (models, op backends, image encoders, Amazon categories) are checked by
+`marn.pipeline.load_params`, the loader every entry point uses.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_ENV = "MARN_PARAMS"
+
+# Every valid `data.source`, with the `data.*` keys it cannot run without; marn.data.fetch has one fetcher each.
+DATA_SOURCES: dict[str, tuple[str, ...]] = {
+    "synthetic": (),
+    "amazon2014": (),
+    "amazon2018": (),
+    "amazon2023": (),
+    "files": ("reviews", "meta"),
+    "interactions": ("interactions",),
+}
+OPTIMIZERS = ("adagrad", "adam")
+TRAIN_DEVICES = ("cpu", "cuda")
+# the A/B simulation's choices (marn.abtest implements each)
+BUILTIN_ARMS = ("oracle", "random")
+RELEVANCE_SOURCES = ("auto", "truth", "response")
+CLICK_MODELS = ("position", "cascade")
+INTERVAL_METHODS = ("delta", "bootstrap")
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+class _Problems(list):
+    """The problems of one section, each worded `key must be ..., got ...`."""
+
+    def need(self, key: str, ok: bool, rule: str, value: Any) -> None:
+        if not ok:
+            self.append(f"{key} must be {rule}, got {value!r}")
+
+    def positive(self, section: Any, prefix: str, *keys: str) -> None:
+        for key in keys:
+            self.need(f"{prefix}.{key}", getattr(section, key) > 0, "> 0", getattr(section, key))
 
 
 @dataclass
@@ -39,6 +76,30 @@ class SyntheticConfig:
     cold_item_share: float = 0.15
     image_size: int = 64
     write_images: bool = True
+
+    def problems(self, prefix: str = "data.synthetic") -> list[str]:
+        """The generator's own limits (factor families, levels, items released before the test window) are
+        checked by marn.data.synthetic.generator.check_config, which knows them."""
+        found = _Problems()
+        n_factors = self.shared_factors + self.image_factors + self.title_factors
+        for key, ok, rule in (
+            ("n_users", self.n_users >= 1, ">= 1"),
+            ("n_items", self.n_items >= 2, ">= 2"),
+            ("n_categories", self.n_categories >= 1, ">= 1"),
+            ("n_brands", self.n_brands >= 1, ">= 1"),
+            ("factor_levels", self.factor_levels >= 2, "at least 2"),
+            ("active_factors", 0 <= self.active_factors <= n_factors, f"in [0, {n_factors}] (the number of factors)"),
+            ("min_seq_len", 2 <= self.min_seq_len <= self.max_seq_len,
+             f"in [2, {prefix}.max_seq_len = {self.max_seq_len}]"),
+            ("cold_item_share", 0 <= self.cold_item_share < 1, "in [0, 1)"),
+            ("image_size", self.image_size >= 8, ">= 8"),
+            ("preference_drift", 0 <= self.preference_drift <= 1, "in [0, 1]"),
+            ("preference_strength", self.preference_strength >= 0, ">= 0"),
+            ("popularity_sigma", self.popularity_sigma >= 0, ">= 0"),
+            ("seq_len_exponent", self.seq_len_exponent >= 0, ">= 0"),
+        ):
+            found.need(f"{prefix}.{key}", ok, rule, getattr(self, key))
+        return found
 
 
 @dataclass
@@ -88,6 +149,19 @@ class DataConfig:
     max_bad_line_share: float = 0.5
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
+    def problems(self) -> list[str]:
+        found = _Problems()
+        if self.source not in DATA_SOURCES:
+            found.append(f"data.source: unknown source {self.source!r}; valid sources: {', '.join(DATA_SOURCES)}")
+        for key in DATA_SOURCES.get(self.source, ()):
+            if not getattr(self, key):
+                found.append(f"data.source={self.source} needs data.{key}: a local path or a file:// / http(s):// URL")
+        found.positive(self, "data", "max_len", "time_gap_buckets", "popularity_levels")
+        found.need("data.stat_granularities", all(g >= 2 for g in self.stat_granularities), "bins of at least 2",
+                   self.stat_granularities)
+        found.need("data.max_bad_line_share", 0 <= self.max_bad_line_share <= 1, "in [0, 1]", self.max_bad_line_share)
+        return found + self.synthetic.problems()
+
 
 @dataclass
 class Word2VecConfig:
@@ -121,6 +195,17 @@ class FeaturesConfig:
     seed: int = 0
     word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
 
+    def problems(self) -> list[str]:
+        found = _Problems()
+        found.need("features.device", self.device in ("cpu", "cuda") or self.device.startswith("cuda:"),
+                   "cpu, cuda or cuda:N", self.device)
+        found.positive(self, "features", "batch_size", "image_size", "num_download_workers", "num_decode_workers",
+                       "download_timeout_s", "word_dim", "title_len")
+        found.need("features.download_retries", self.download_retries >= 0, ">= 0", self.download_retries)
+        found.positive(self.word2vec, "features.word2vec", "epochs", "window", "negatives", "min_count", "lr",
+                       "batch_size")
+        return found
+
 
 @dataclass
 class OpsConfig:
@@ -150,6 +235,26 @@ class TrainConfig:
     device: str = "cpu"
     seeds: list[int] = field(default_factory=list)
     seed_models: list[str] = field(default_factory=lambda: ["BaseModel+IDs", "MARN"])
+    params_dir: str = "data/train_params"
+
+    def problems(self) -> list[str]:
+        found = _Problems()
+        for key in ("epochs", "batch_size", "log_every", "checkpoint_every", "hidden", "embed_dim", "title_filters",
+                    "nproc"):
+            if getattr(self, key) < 1:
+                found.append(f"train.{key} must be at least 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            found.append(f"train.lr must be positive, got {self.lr}")
+        if self.num_threads < 0:
+            found.append(f"train.num_threads must be 0 (torch's default) or more, got {self.num_threads}")
+        if self.optimizer not in OPTIMIZERS:
+            found.append(f"train.optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        found.need("train.device", self.device in TRAIN_DEVICES, "cpu or cuda", self.device)
+        found.need("train.models", len(self.models) > 0, "a non-empty list", self.models)
+        found.need("train.models", len(set(self.models)) == len(self.models), "free of repeats", self.models)
+        for i, name in enumerate(self.seed_models):
+            found.need(f"train.seed_models[{i}]", name in self.models, "one of train.models", name)
+        return found
 
 
 @dataclass
@@ -159,6 +264,11 @@ class EvaluateConfig:
     batch_size: int = 512
     test_negatives: int = 1  # sampled non-clicked items per test click for eq. 11; > 1 adds user_auc@<k>neg
     seed: int = 0  # draws the test negatives beyond the prepare stage's one
+
+    def problems(self) -> list[str]:
+        found = _Problems()
+        found.positive(self, "evaluate", "batch_size", "test_negatives")
+        return found
 
 
 @dataclass
@@ -185,6 +295,52 @@ class AbtestConfig:
     batch_size: int = 512
     out: str = "metrics/abtest.json"
     plot: str = "plots/abtest_lift.png"
+    daily: str = "plots/abtest_lift.json"
+
+    @property
+    def arms(self) -> list[str]:
+        """The arm names, control first."""
+        return [self.control, *self.treatments]
+
+    def problems(self) -> list[str]:
+        """Checks of the experiment's shape; the arm names are checked against the model registry on load."""
+        arms = self.arms
+        found = _Problems()
+        if not self.treatments:
+            found.append("abtest.treatments is empty: name at least one model or built-in arm to test")
+        duplicated = sorted({n for n in arms if arms.count(n) > 1})
+        if duplicated:
+            found.append(f"abtest: arm {duplicated[0]!r} is listed more than once (control and treatments)")
+        if self.traffic and len(self.traffic) != len(arms):
+            found.append(f"abtest.traffic has {len(self.traffic)} shares for {len(arms)} arms ({', '.join(arms)})")
+        for i, share in enumerate(self.traffic):
+            if not share > 0:
+                found.append(f"abtest.traffic[{i}] ({arms[i] if i < len(arms) else '?'}) must be > 0, got {share}: "
+                             "an arm needs users")
+        if self.traffic and not math.isclose(sum(self.traffic), 1.0, rel_tol=1e-5, abs_tol=1e-8):
+            found.append(f"abtest.traffic must sum to 1, got {sum(self.traffic)}")
+        for key, ok, rule in (
+            ("candidates", self.candidates >= 2, ">= 2"),
+            ("slate_size", self.slate_size >= 1, ">= 1"),
+            ("days", self.days >= 1, ">= 1"),
+            ("requests_per_user", self.requests_per_user >= 1, ">= 1"),
+            ("max_users", self.max_users >= 0, ">= 0 (0 = all test users)"),
+            ("click_model", self.click_model in CLICK_MODELS, f"one of {', '.join(CLICK_MODELS)}"),
+            ("position_bias", self.position_bias >= 0, ">= 0"),
+            ("relevance", self.relevance in RELEVANCE_SOURCES, f"one of {', '.join(RELEVANCE_SOURCES)}"),
+            ("relevance_draws", self.relevance_draws > 0, "> 0"),
+            ("purchase_probability", 0 <= self.purchase_probability <= 1, "in [0, 1]"),
+            ("interval", self.interval in INTERVAL_METHODS, f"one of {', '.join(INTERVAL_METHODS)}"),
+            ("bootstrap_samples", self.bootstrap_samples >= 100, ">= 100"),
+            ("confidence", 0 < self.confidence < 1, "in (0, 1)"),
+            ("power", 0 < self.power < 1, "in (0, 1)"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+        ):
+            found.need(f"abtest.{key}", ok, rule, getattr(self, key))
+        if self.slate_size > self.candidates:
+            found.append(f"abtest.slate_size ({self.slate_size}) is larger than the candidate pool of a request "
+                         f"(abtest.candidates = {self.candidates})")
+        return found
 
 
 @dataclass
@@ -199,6 +355,16 @@ class AnalysisConfig:
     tsne_items: int = 100
     paper_numbers: Optional[str] = None
 
+    def problems(self) -> list[str]:
+        found = _Problems()
+        found.need("analysis.recall_at", all(k > 0 for k in self.recall_at), "positive cut-offs", self.recall_at)
+        found.need("analysis.lambda0_grid", all(v >= 0 for v in self.lambda0_grid), "values >= 0",
+                   self.lambda0_grid)
+        found.positive(self, "analysis", "tsne_items")
+        for key in ("cold_start_queries", "cold_start_candidates"):
+            found.need(f"analysis.{key}", getattr(self, key) >= 0, ">= 0 (0 = all)", getattr(self, key))
+        return found
+
 
 @dataclass
 class Params:
@@ -210,27 +376,63 @@ class Params:
     abtest: AbtestConfig = field(default_factory=AbtestConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
-
-# The params a model's training reads (flows/train_params.py writes their values per model for dvc.yaml's train
-# stages); only models with an adversary (ADV, DDMA) read ADVERSARIAL_PARAMS, so train.lambda0 retrains just them.
-TRAIN_PARAMS = (
-    "data.max_len", "data.time_gap_buckets", "ops.backend", "train.seed", "train.epochs", "train.batch_size",
-    "train.optimizer", "train.lr", "train.hidden", "train.embed_dim", "train.title_filters", "train.prediction_mlp",
-    "train.freeze_word_vectors", "train.log_every", "train.checkpoint_every", "train.num_threads",
-)
-ADVERSARIAL_PARAMS = ("train.lambda0", "train.gamma")
+    def problems(self) -> list[str]:
+        """Every value outside what its section accepts, as `key must be ..., got ...`."""
+        return [problem for section in (self.data, self.features, self.train, self.evaluate, self.abtest,
+                                        self.analysis) for problem in section.problems()]
 
 
-class ConfigError(ValueError):
-    """A params file or override that does not fit the schema."""
+@dataclass(frozen=True)
+class Paths:
+    """Every folder and file the stages read or write, resolved once against the project root (where `dvc repro`
+    runs); the config keys they come from are `PATH_KEYS`, which no stage reads itself."""
+
+    raw: Path
+    prepared: Path
+    features: Path
+    image_cache: Path
+    vectors_cache: Path
+    models: Path
+    train_params: Path
+    eval_out: Path
+    eval_plots: Path
+    abtest_out: Path
+    abtest_plot: Path
+    abtest_daily: Path
+    report: Path
+
+    @classmethod
+    def from_params(cls, params: Params, root: str | Path | None = None) -> "Paths":
+        base = Path.cwd() if root is None else Path(root)
+        values = {name: _select(params, key) for name, key in PATH_KEYS.items()}
+        return cls(**{name: Path(value) if Path(value).is_absolute() else base / value
+                      for name, value in values.items()})
+
+
+PATH_KEYS = {
+    "raw": "data.raw_dir", "prepared": "data.prepared_dir", "features": "features.dir",
+    "image_cache": "features.image_cache_dir", "vectors_cache": "features.vectors_cache_dir",
+    "models": "train.out_dir", "train_params": "train.params_dir", "eval_out": "evaluate.out",
+    "eval_plots": "evaluate.plots_dir", "abtest_out": "abtest.out", "abtest_plot": "abtest.plot",
+    "abtest_daily": "abtest.daily", "report": "analysis.out_dir",
+}
+
+
+def _select(params: Params, dotted: str) -> Any:
+    value: Any = params
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def params_path() -> Path:
     return Path(os.environ.get(PARAMS_ENV, PROJECT_ROOT / "params.yaml")).resolve()
 
 
-def load_config(overrides: list[str] | None = None, path: str | Path | None = None) -> DictConfig:
-    """Compose `params.yaml` with Hydra command-line style overrides and check it against `Params`.
+def load_config(overrides: list[str] | None = None, path: str | Path | None = None,
+                more_checks: Callable[[Params], list[str]] | None = None) -> Params:
+    """Compose `params.yaml` (or `$MARN_PARAMS`) with Hydra command-line style overrides into checked `Params`;
+    `more_checks` adds problems of its own to the one error message.
 
     Hydra's compose API is used (not `@hydra.main`), so no `outputs/` or `.hydra/` folder is written.
     """
@@ -244,109 +446,42 @@ def load_config(overrides: list[str] | None = None, path: str | Path | None = No
             composed = compose(config_name=path.stem, overrides=list(overrides or []))
     except Exception as err:  # Hydra wraps override syntax errors in several exception types
         raise ConfigError(f"{path}: cannot apply overrides {list(overrides or [])}: {err}") from err
-    return validate(composed, source=str(path))
+    return validate(composed, source=str(path), more_checks=more_checks)
 
 
-def validate(cfg: Any, source: str = "params") -> DictConfig:
-    """Merge `cfg` onto the typed schema; unknown keys and wrong types name the offending key."""
+def validate(values: Any, source: str = "params", more_checks: Callable[[Params], list[str]] | None = None) -> Params:
+    """`values` (a mapping or DictConfig, sections and keys as in params.yaml, any subset) over the defaults, as
+    checked `Params`: an unknown key, a value of the wrong type or out of range names the offending key."""
     schema = OmegaConf.structured(Params)
     OmegaConf.set_struct(schema, True)
     try:
-        merged = OmegaConf.merge(schema, cfg)
+        merged = OmegaConf.merge(schema, values)
     except ConfigKeyError as err:
         raise ConfigError(f"{source}: unknown key '{err.full_key}'") from err
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(f"{source}: bad value for '{key}': {err.msg if hasattr(err, 'msg') else err}") from err
-    OmegaConf.set_readonly(merged, True)
-    problems = value_problems(merged)
+    params: Params = OmegaConf.to_object(merged)
+    # names first: an unknown model name is the cause of the problems that follow it (train.seed_models ...)
+    problems = (more_checks(params) if more_checks is not None else []) + params.problems()
     if problems:
         raise ConfigError(f"{source}: {'; '.join(problems)}")
-    return merged
+    return params
 
 
-def value_problems(cfg: DictConfig) -> list[str]:
-    """Every value of `cfg` outside what its stage accepts (unknown names, ranges), as `key must be ..., got ...`.
-
-    Run on every load, so a mistake fails every stage in its first second, whichever stage reads the key.
-    Sections with a checker of their own (train sizes, abtest arms, data categories) reuse it.
-    """
-    from marn.abtest.stage import check_abtest_config
-    from marn.data.fetch import amazon_urls
-    from marn.features.images import IMAGE_ENCODERS
-    from marn.models.registry import MODELS
-    from marn.ops.backend import BACKENDS
-    from marn.train import OPTIMIZERS, _check_train_config
-
-    problems: list[str] = []
-
-    def need(key: str, ok: bool, rule: str, value: Any) -> None:
-        if not ok:
-            problems.append(f"{key} must be {rule}, got {value!r}")
-
-    def positive(section: Any, prefix: str, *keys: str) -> None:
-        for key in keys:
-            need(f"{prefix}.{key}", section[key] > 0, "> 0", section[key])
-
-    def reuse(check: Callable[[], Any]) -> None:
-        try:
-            check()
-        except ValueError as err:
-            problems.append(str(err))
-
-    data, syn, features, train = cfg.data, cfg.data.synthetic, cfg.features, cfg.train
-    if data.source not in DATA_SOURCES:
-        problems.append(f"data.source: unknown source {data.source!r}; valid sources: {', '.join(DATA_SOURCES)}")
-    for key in DATA_SOURCES.get(data.source, ()):
-        if not data[key]:
-            problems.append(f"data.source={data.source} needs data.{key}: a local path or a file:// / http(s):// URL")
-    if data.source.startswith("amazon") and data.source in DATA_SOURCES:
-        reuse(lambda: amazon_urls(data.source, data.category, data.base_url))
-    positive(data, "data", "max_len", "time_gap_buckets", "popularity_levels")
-    need("data.stat_granularities", all(g >= 2 for g in data.stat_granularities), "bins of at least 2",
-         list(data.stat_granularities))
-    need("data.max_bad_line_share", 0 <= data.max_bad_line_share <= 1, "in [0, 1]", data.max_bad_line_share)
-    positive(syn, "data.synthetic", "n_users", "n_items", "n_categories", "n_brands", "factor_levels", "image_size")
-    need("data.synthetic.min_seq_len", 2 <= syn.min_seq_len <= syn.max_seq_len,
-         f"in [2, data.synthetic.max_seq_len = {syn.max_seq_len}]", syn.min_seq_len)
-    need("data.synthetic.cold_item_share", 0 <= syn.cold_item_share < 1, "in [0, 1)", syn.cold_item_share)
-
-    need("features.device", features.device in ("cpu", "cuda") or features.device.startswith("cuda:"),
-         "cpu, cuda or cuda:N", features.device)
-    positive(features, "features", "batch_size", "image_size", "num_download_workers", "num_decode_workers",
-             "download_timeout_s", "word_dim", "title_len")
-    need("features.image_encoder", features.image_encoder in IMAGE_ENCODERS,
-         f"one of {', '.join(IMAGE_ENCODERS)} (vgg16 = the paper's)", features.image_encoder)
-    need("features.download_retries", features.download_retries >= 0, ">= 0", features.download_retries)
-    positive(features.word2vec, "features.word2vec", "epochs", "window", "negatives", "min_count", "lr", "batch_size")
-
-    need("ops.backend", cfg.ops.backend in BACKENDS, f"one of {', '.join(BACKENDS)}", cfg.ops.backend)
-
-    need("train.models", len(train.models) > 0, "a non-empty list", list(train.models))
-    for i, name in enumerate(train.models):
-        need(f"train.models[{i}]", name in MODELS, f"a known model ({', '.join(MODELS)})", name)
-    need("train.models", len(set(train.models)) == len(train.models), "free of repeats", list(train.models))
-    for i, name in enumerate(train.seed_models):
-        need(f"train.seed_models[{i}]", name in train.models, "one of train.models", name)
-    if train.optimizer not in OPTIMIZERS:  # worded as marn.train.make_optimizer words it
-        problems.append(f"train.optimizer {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    need("train.device", train.device in ("cpu", "cuda"), "cpu or cuda", train.device)
-    reuse(lambda: _check_train_config(cfg))
-
-    positive(cfg.evaluate, "evaluate", "batch_size", "test_negatives")
-    reuse(lambda: check_abtest_config(cfg.abtest))
-    analysis = cfg.analysis
-    need("analysis.tsne_model", analysis.tsne_model in MODELS, "a known model", analysis.tsne_model)
-    need("analysis.recall_at", all(k > 0 for k in analysis.recall_at), "positive cut-offs", list(analysis.recall_at))
-    need("analysis.lambda0_grid", all(v >= 0 for v in analysis.lambda0_grid), "values >= 0",
-         list(analysis.lambda0_grid))
-    positive(analysis, "analysis", "tsne_items")
-    for key in ("cold_start_queries", "cold_start_candidates"):
-        need(f"analysis.{key}", analysis[key] >= 0, ">= 0 (0 = all)", analysis[key])
-    return problems
+def write_params(params: Params, path: str | Path) -> Path:
+    """`params` as a params file that `load_config(path=...)` reads back to equal `Params`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(params), path)
+    return path
 
 
-def resolve_path(value: str | Path) -> Path:
-    """Paths in params are relative to the project root (where `dvc repro` runs)."""
-    p = Path(value)
-    return p if p.is_absolute() else Path.cwd() / p
+def section_keys(section: Any, prefix: str) -> list[str]:
+    """The dotted keys of every leaf of a section (nested sections expanded), e.g. for `data.synthetic`."""
+    keys = []
+    for f in fields(section):
+        value = getattr(section, f.name)
+        keys += section_keys(value, f"{prefix}.{f.name}") if hasattr(value, "__dataclass_fields__") else \
+            [f"{prefix}.{f.name}"]
+    return keys

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -126,6 +126,11 @@ def gather(value: Any, ranks: Ranks) -> list[Any]:
     return values
 
 
+def started_by_torchrun() -> bool:
+    """Whether this process is a rank torchrun started (it sets WORLD_SIZE), so it must train, not launch."""
+    return "WORLD_SIZE" in os.environ
+
+
 def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
     """`python -m module args` started on `nproc` processes of this machine by torchrun (a local rendezvous
     on a free port), with the interpreter running this code."""
@@ -135,10 +140,11 @@ def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
             "-m", module, *args]
 
 
-def run_with_torchrun(nproc: int, module: str, args: Sequence[str]) -> None:
-    """Run `torchrun_command(...)` and wait; a failing rank fails the call with torchrun's exit status."""
+def run_with_torchrun(nproc: int, module: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    """Run `torchrun_command(...)` with this environment plus `env` and wait; a failing rank fails the call with
+    torchrun's exit status."""
     command = torchrun_command(nproc, module, args)
-    completed = subprocess.run(command, check=False)
+    completed = subprocess.run(command, check=False, env={**os.environ, **(env or {})})
     if completed.returncode != 0:
         raise RuntimeError(f"torchrun on {nproc} processes exited with status {completed.returncode}: "
                            f"{' '.join(command)}")

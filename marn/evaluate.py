@@ -1,32 +1,33 @@
 """Evaluate stage: trained models on the test split (paper §4.1, Table 4, Fig. 4).
 
 `evaluate_models` writes
-- `out_path` (`evaluate.out`): `{model: {user_auc, auc, gauc, logloss, n_users, n_samples}}`, plus
+- `paths.eval_out` (`evaluate.out`): `{model: {user_auc, auc, gauc, logloss, n_users, n_samples}}`, plus
   `user_auc@<k>neg` when `evaluate.test_negatives` = k > 1 (eq. 11 with k sampled negatives per test click);
-- `<plots_dir>/popularity_auc.json` (rows `{model, level, auc, n_samples, n_items, min_train_interactions,
+- `<paths.eval_plots>/popularity_auc.json` (rows `{model, level, auc, n_samples, n_items, min_train_interactions,
   max_train_interactions}`, `popularity_levels_of_test_items` defines the levels) and `popularity_auc.png`;
-- `<plots_dir>/modality_attention.json` (rows `{model, category, modality, attention_norm}`, models with
+- `<paths.eval_plots>/modality_attention.json` (rows `{model, category, modality, attention_norm}`, models with
   attention over modalities only) and `modality_attention_<slug>.png` per such model.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from marn import ops
-from marn.config import resolve_path
-from marn.data.dataset import CTRDataset
-from marn.data.item_table import RESERVED_ENTRIES, ItemTable, load_item_table
+from marn.config import DataConfig, EvaluateConfig, Params, Paths
+from marn.data.dataset import CTRDataset, load_split
+from marn.data.formats import read_items
+from marn.data.item_table import load_item_table
+from marn.files import atomic_write_text
 from marn.data.prepare import sample_negatives
+from marn.items import RESERVED_ENTRIES, ItemTable
 from marn.models.base import CTRModel
-from marn.models.persistence import load_model
-from marn.models.registry import check_model_name, model_folder
+from marn.models.persistence import load_model, model_file
 
 PROBABILITY_CLIP = 1e-15  # keeps log loss finite for a saturated prediction
 
@@ -91,14 +92,13 @@ def predict(model: CTRModel, dataset: CTRDataset, batch_size: int) -> dict[str, 
         batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
         columns["probability"].append(model(batch)["prob"].double().numpy())
         for key in ("user", "label", "target_item"):
-            columns[key].append(batch[key].numpy())
+            columns[key].append(getattr(batch, key).numpy())
     return {key: np.concatenate(parts) for key, parts in columns.items()}
 
 
 def train_interactions(prepared_dir: Path) -> np.ndarray:
-    """Number of training interactions of every item index (`train_count` of `items.parquet`)."""
-    return pq.read_table(Path(prepared_dir) / "items.parquet", columns=["train_count"]).column(
-        "train_count").to_numpy().astype(np.int64)
+    """Number of training interactions of every item index (`train_count` of the items table)."""
+    return read_items(prepared_dir, ["train_count"]).column("train_count").to_numpy().astype(np.int64)
 
 
 def popularity_levels_of_test_items(target_items: np.ndarray, train_count: np.ndarray, n_levels: int
@@ -156,16 +156,12 @@ def extra_test_negatives(dataset: CTRDataset, n_negatives: int, seed: int) -> np
     return rows
 
 
-@torch.inference_mode()
-
 def more_negatives_dataset(dataset: CTRDataset, n_negatives: int, seed: int) -> CTRDataset | None:
     """The test split's users and histories with only the `n_negatives` - 1 extra negative rows of
     `extra_test_negatives`, or None for the 1-negative protocol."""
     if n_negatives == 1:
         return None
-    extra = copy.copy(dataset)
-    extra.samples = extra_test_negatives(dataset, n_negatives, seed)
-    return extra
+    return dataset.with_samples(extra_test_negatives(dataset, n_negatives, seed))
 
 
 def more_negatives_metric(n_negatives: int) -> str:
@@ -178,6 +174,8 @@ def user_auc(predictions: dict[str, np.ndarray], extra: dict[str, np.ndarray] | 
         predictions = {key: np.r_[predictions[key], extra[key]] for key in ("user", "label", "probability")}
     return ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])["user_auc"]
 
+
+@torch.inference_mode()
 def category_modality_attention(model: CTRModel, table: ItemTable, batch_size: int) -> dict[str, dict[str, float]] | None:
     """Mean l2 norm of atten^m over the items of each category (Fig. 4); None for a model without it."""
     model.eval()
@@ -235,54 +233,40 @@ def _plot_modality_attention(model_name: str, attention: dict[str, dict[str, flo
     plt.close(fig)
 
 
-def evaluate_models(cfg, model_names, prepared_dir: Path, features_dir: Path, models_dir: Path, out_path: Path,
-                    plots_dir: Path | None = None) -> dict:
-    """Evaluate each model saved at `<models_dir>/<model name>/model.pt`; `plots_dir` defaults to `evaluate.plots_dir`.
-
-    Reads `evaluate.batch_size`, `evaluate.test_negatives`, `evaluate.seed`, `data.max_len`,
-    `data.time_gap_buckets`, `data.popularity_levels` and `ops.backend`; returns what `out_path` holds.
-    """
-    for name in model_names:
-        check_model_name(name)
-    if not model_names:
-        raise ValueError("no model to evaluate")
-    ops.configure(cfg.ops)
-    batch_size = int(cfg.evaluate.batch_size)
-    if batch_size < 1:
-        raise ValueError(f"evaluate.batch_size must be at least 1, got {batch_size}")
-    n_negatives = int(cfg.evaluate.test_negatives)
-    if n_negatives < 1:
-        raise ValueError(f"evaluate.test_negatives must be at least 1, got {n_negatives}")
-    out_path = Path(out_path)
-    plots_dir = Path(plots_dir) if plots_dir is not None else resolve_path(cfg.evaluate.plots_dir)
-    table = load_item_table(prepared_dir, features_dir)
-    dataset = CTRDataset(prepared_dir, "test", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
-    if len(dataset) == 0:
-        raise ValueError(f"{prepared_dir} has no test samples")
-    train_count, n_levels = train_interactions(prepared_dir), int(cfg.data.popularity_levels)
-    more_negatives = more_negatives_dataset(dataset, n_negatives, int(cfg.evaluate.seed))
+def evaluate_models(evaluate: EvaluateConfig, data: DataConfig, model_names: Sequence[str], paths: Paths) -> dict:
+    """Evaluate each model saved under `paths.models` with the ops backend the caller entered; writes
+    `paths.eval_out` and the plots into `paths.eval_plots` and returns what `paths.eval_out` holds."""
+    table = load_item_table(paths.prepared, paths.features)
+    dataset = load_split(paths.prepared, "test", data)
+    train_count, n_levels = train_interactions(paths.prepared), data.popularity_levels
+    more_negatives = more_negatives_dataset(dataset, evaluate.test_negatives, evaluate.seed)
 
     results, popularity_rows, attention_rows, attention_plots = {}, [], [], {}
     for name in model_names:
-        model = load_model(model_folder(models_dir, name) / "model.pt", name, table)
-        predictions = predict(model, dataset, batch_size)
+        model = load_model(model_file(paths.models, name), name, table)
+        predictions = predict(model, dataset, evaluate.batch_size)
         results[name] = ranking_metrics(predictions["user"], predictions["label"], predictions["probability"])
         if more_negatives is not None:
-            results[name][more_negatives_metric(n_negatives)] = user_auc(
-                predictions, predict(model, more_negatives, batch_size))
+            results[name][more_negatives_metric(evaluate.test_negatives)] = user_auc(
+                predictions, predict(model, more_negatives, evaluate.batch_size))
         popularity_rows += [{"model": name, **row} for row in popularity_auc(predictions, train_count, n_levels)]
-        attention = category_modality_attention(model, table, batch_size)
+        attention = category_modality_attention(model, table, evaluate.batch_size)
         if attention is not None:
             attention_plots[name] = attention
             attention_rows += [{"model": name, "category": c, "modality": m, "attention_norm": v}
                                for c, per_modality in attention.items() for m, v in per_modality.items()]
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2))
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    (plots_dir / "popularity_auc.json").write_text(json.dumps(popularity_rows, indent=1))
+    atomic_write_text(paths.eval_out, json.dumps(results, indent=2))
+    plots_dir = paths.eval_plots
+    atomic_write_text(plots_dir / "popularity_auc.json", json.dumps(popularity_rows, indent=1))
     _plot_popularity_auc(popularity_rows, plots_dir / "popularity_auc.png")
-    (plots_dir / "modality_attention.json").write_text(json.dumps(attention_rows, indent=1))
+    atomic_write_text(plots_dir / "modality_attention.json", json.dumps(attention_rows, indent=1))
     for name, attention in attention_plots.items():
         _plot_modality_attention(name, attention, plots_dir / f"modality_attention_{name}.png")
     return results
+
+
+def run(config: Params, paths: Paths) -> dict:
+    """The evaluate stage: every model of `train.models`."""
+    with ops.use_backend(config.ops.backend):
+        return evaluate_models(config.evaluate, config.data, config.train.models, paths)

@@ -23,3 +23,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """`tests.tiny_data.write_tiny_dataset` once per test module."""
+    from tests.tiny_data import write_tiny_dataset
+
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tiny_data):
+    """The item table of `tiny_data`."""
+    from marn.data.item_table import load_item_table
+
+    return load_item_table(tiny_data.prepared_dir, tiny_data.features_dir)

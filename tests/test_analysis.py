@@ -3,15 +3,14 @@ recall@N against brute force, the report generator on fixed inputs, and the whol
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from scipy import special, stats
-from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
 from marn.analysis.cold_start import (
     ColdStartQuery, clicked_item_ranks, cold_start_queries, random_recall_at, recall_at,
@@ -20,17 +19,18 @@ from marn.analysis.paper import (
     DEFAULT_PAPER_NUMBERS, HOLDS, NEEDS_SEEDS, NOT_SIGNIFICANT, REVERSED, best_baseline_test, load_paper_numbers,
     ordering_test, table3_ladder_tests,
 )
-from marn.analysis.report import write_report
+import marn.analysis.report
 from marn.analysis.runs import lambda0_folder, lambda0_runs, seed_folder, seed_runs
 from marn.analysis.significance import paired_t_test, regularized_incomplete_beta, spread, welch_t_test
 from marn.analysis.tables import render_report
-from marn.config import validate
+from marn.config import TrainConfig
 from marn.data.dataset import CTRDataset
-from marn.data.item_table import RESERVED_ENTRIES
 from marn.evaluate import evaluate_models
+from marn.items import RESERVED_ENTRIES
 from marn.models.base import CTRModel
 from marn.models.registry import ABLATIONS, TABLE3_LADDER
-from marn.train import train_model
+from tests.tiny_data import tiny_config, tiny_paths
+from tests.training_support import train_tiny
 
 # A seed moves every model together (seed effects below); one model gains a little at every seed.
 SEED_EFFECT = [0.60, 0.70, 0.65, 0.68, 0.62]
@@ -176,11 +176,11 @@ class _ScoreTable(CTRModel):
         self.register_buffer("scores", scores)
 
     def forward(self, batch, adversarial_weight=0.0):
-        logit = self.scores[batch["target_item"]]
+        logit = self.scores[batch.target_item]
         return {"logit": logit, "prob": torch.sigmoid(logit), "aux_losses": {}}
 
 
-def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_touched(tiny_data):  # noqa: F811
+def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_touched(tiny_data):
     dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
     queries = cold_start_queries(dataset, 0, 0, np.random.default_rng(0), unseen_only=False)
     samples = dataset.samples
@@ -202,7 +202,7 @@ def test_cold_start_queries_hold_the_clicked_cold_item_and_items_the_user_never_
         cold_start_queries(dataset, 0, 1, np.random.default_rng(0), unseen_only=False)
 
 
-def test_unseen_only_candidates_are_unseen_items_the_user_never_touched(tiny_data):  # noqa: F811
+def test_unseen_only_candidates_are_unseen_items_the_user_never_touched(tiny_data):
     dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
     unseen_items = set(np.flatnonzero(dataset.item_cold).tolist())
     assert unseen_items and min(unseen_items) >= RESERVED_ENTRIES
@@ -222,7 +222,7 @@ def test_unseen_only_candidates_are_unseen_items_the_user_never_touched(tiny_dat
     assert all(len(q.candidates) <= 2 and set(q.candidates[1:].tolist()) <= unseen_items for q in drawn)
 
 
-def test_clicked_item_ranks_score_every_candidate_with_the_model(tiny_data):  # noqa: F811
+def test_clicked_item_ranks_score_every_candidate_with_the_model(tiny_data):
     dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
     scores = torch.from_numpy(np.random.default_rng(1).integers(0, 5, len(dataset.item_cold)).astype(np.float32))
     queries = [ColdStartQuery(0, np.array([7, 3, 9, 12, 20])), ColdStartQuery(3, np.array([4, 5, 6]))]
@@ -388,7 +388,7 @@ def test_default_paper_numbers_are_the_papers_tables_and_shown_in_tables_2_to_5(
 
 
 def test_runs_pool_extra_seeds_and_lambda0_values_with_the_train_run(tmp_path):
-    train = OmegaConf.create({"seed": 1, "lambda0": 0.05, "seeds": [2, 1, 3, 2]})
+    train = TrainConfig(seed=1, lambda0=0.05, seeds=[2, 1, 3, 2])
     assert [(r.seed, r.models_dir) for r in seed_runs(train, tmp_path)] == [
         (1, tmp_path), (2, seed_folder(tmp_path, 2)), (3, seed_folder(tmp_path, 3))]
     (tmp_path / "lambda0-1").mkdir()
@@ -400,32 +400,32 @@ def test_runs_pool_extra_seeds_and_lambda0_values_with_the_train_run(tmp_path):
         lambda0_folder(tmp_path, 0.5)
 
 
-def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
+def test_report_stage_on_tiny_data(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # paths resolve against the working directory, the project root under dvc
     base = tiny_config(epochs=1, seeds=[4])
-    cfg = validate(OmegaConf.merge(base, {"analysis": {"lambda0_grid": [0.5], "tsne_items": 12},
-                                          "evaluate": {"test_negatives": 3}}))
+    config = dataclasses.replace(base, analysis=dataclasses.replace(base.analysis, lambda0_grid=[0.5], tsne_items=12),
+                                 evaluate=dataclasses.replace(base.evaluate, test_negatives=3))
     models = tmp_path / "models"
+    paths = tiny_paths(tiny_data, models, report=tmp_path / "reports")
     for name in ("BaseModel+IDs", "MARN"):
-        train_model(cfg, name, tiny_data.prepared_dir, tiny_data.features_dir, models)
-        train_model(tiny_config(epochs=1, seed=4), name, tiny_data.prepared_dir, tiny_data.features_dir,
-                    seed_folder(models, 4))
-    train_model(tiny_config(epochs=1, lambda0=0.5), "MARN", tiny_data.prepared_dir, tiny_data.features_dir,
-                models / "lambda0-0.5")
+        train_tiny(tiny_data, models, name, epochs=1)
+        train_tiny(tiny_data, seed_folder(models, 4), name, epochs=1, seed=4)
+    train_tiny(tiny_data, models / "lambda0-0.5", "MARN", epochs=1, lambda0=0.5)
 
-    summary = write_report(cfg, tiny_data.prepared_dir, tiny_data.features_dir, models, tmp_path / "reports")
+    summary = marn.analysis.report.run(config, paths)
     assert json.loads((tmp_path / "reports/paper_tables.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["user_auc"]["MARN"]["seeds"] == [3, 4]
     # the report's user-AUC of each run is the evaluate stage's, on 1 and on 3 negatives per test click
     for seed, models_dir in ((3, models), (4, seed_folder(models, 4))):
-        evaluated = evaluate_models(cfg, ["BaseModel+IDs", "MARN"], tiny_data.prepared_dir, tiny_data.features_dir,
-                                    models_dir, tmp_path / f"eval-{seed}.json", tmp_path / f"plots-{seed}")
+        evaluated = evaluate_models(config.evaluate, config.data, ["BaseModel+IDs", "MARN"], tiny_paths(
+            tiny_data, models_dir, eval_out=tmp_path / f"eval-{seed}.json", eval_plots=tmp_path / f"plots-{seed}"))
         for name in ("BaseModel+IDs", "MARN"):
             index = summary["user_auc"][name]["seeds"].index(seed)
             assert summary["user_auc"][name]["values"][index] == evaluated[name]["user_auc"]
             assert summary["more_negatives"]["user_auc"][name]["values"][index] == evaluated[name]["user_auc@3neg"]
     assert summary["more_negatives"]["metric"] == "user_auc@3neg"
-    assert [run["models_dir"] for run in summary["runs"]] == [
-        cfg.train.out_dir, f"{cfg.train.out_dir}/seed-4"]  # as params.yaml names them, no machine path
+    # as params.yaml names them, no machine path
+    assert [run["models_dir"] for run in summary["runs"]] == ["models", "models/seed-4"]
     orderings = summary["orderings"]
     assert orderings["table3_ladder"]["tested"] == [] and len(orderings["table3_ladder"]["not_trained"]) == 5
     best = orderings["best_baseline"]
@@ -446,4 +446,4 @@ def test_report_stage_on_tiny_data(tiny_data, tmp_path):  # noqa: F811
     for heading in ("Table 2", "Table 3", "Table 4", "Table 5", "Fig. 5", "Fig. 6"):
         assert f"## {heading}" in markdown
     assert str(tmp_path) not in markdown and str(tmp_path) not in json.dumps(summary)
-    assert write_report(cfg, tiny_data.prepared_dir, tiny_data.features_dir, models, tmp_path / "again") == summary
+    assert marn.analysis.report.run(config, dataclasses.replace(paths, report=tmp_path / "again")) == summary

@@ -3,40 +3,32 @@ padding; the interaction layers and AUGRU match brute-force or torch references.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
-from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from tests.tiny_data import tiny_architecture, tiny_config, tiny_model, tiny_paths
+
+from marn import train
 
 from marn.analysis.paper import TABLE2_BASELINES
 from marn.data.dataset import CTRDataset
-from marn.data.item_table import load_item_table
-from marn.models.base import Architecture
 from marn.models.baselines import BASELINES
 from marn.models.baselines.dien import auxiliary_loss
 from marn.models.persistence import load_model, save_model
-from marn.models.registry import MODELS, build_model
+from marn.models.registry import MODELS
 from marn.nn.augru import AUGRU
 from marn.nn.interactions import CompressedInteractionNetwork, factorization_machine_pairs
 from marn.nn.pooling import masked_mean, masked_softmax
-from marn.train import train_model
 
 
 @pytest.fixture(scope="module")
-def table(tiny_data):  # noqa: F811
-    return load_item_table(tiny_data.prepared_dir, tiny_data.features_dir)
-
-
-@pytest.fixture(scope="module")
-def batch(tiny_data):  # noqa: F811
+def batch(tiny_data):
     dataset = CTRDataset(tiny_data.prepared_dir, "train", max_len=6, time_gap_buckets=6)
     return dataset.__getitems__(list(range(0, 60, 3)))
 
 
-def _build(name, table, seed=0):
-    torch.manual_seed(seed)
-    return build_model(name, table, Architecture.from_config(tiny_config()))
 
 
 def test_every_table2_baseline_is_registered_by_its_paper_name():
@@ -44,8 +36,8 @@ def test_every_table2_baseline_is_registered_by_its_paper_name():
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
-def test_every_baseline_trains_with_decreasing_ctr_loss(name, tiny_data, tmp_path):  # noqa: F811
-    metrics = train_model(tiny_config(epochs=4), name, tiny_data.prepared_dir, tiny_data.features_dir, tmp_path)
+def test_every_baseline_trains_with_decreasing_ctr_loss(name, tiny_data, tmp_path):
+    metrics = train.run(tiny_config(epochs=4), tiny_paths(tiny_data, tmp_path), name)
     first, *_, last = metrics["epoch_loss_ctr"]
     assert last < 0.8 * first, metrics["epoch_loss_ctr"]
     assert (metrics["final"]["loss_aux"] > 0) == (name == "DIEN")
@@ -53,10 +45,10 @@ def test_every_baseline_trains_with_decreasing_ctr_loss(name, tiny_data, tmp_pat
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
-def test_every_baseline_saves_and_loads_to_the_same_predictions(name, table, batch, tmp_path):
-    model = _build(name, table).eval()
-    save_model(tmp_path / "model.pt", name, model, Architecture.from_config(tiny_config()), table)
-    loaded = load_model(tmp_path / "model.pt", name, table)
+def test_every_baseline_saves_and_loads_to_the_same_predictions(name, tiny_table, batch, tmp_path):
+    model = tiny_model(name, tiny_table).eval()
+    save_model(tmp_path / "model.pt", name, model, tiny_architecture(), tiny_table)
+    loaded = load_model(tmp_path / "model.pt", name, tiny_table)
     with torch.inference_mode():
         expected, actual = model(batch), loaded(batch)
     torch.testing.assert_close(actual["logit"], expected["logit"], rtol=0, atol=0)
@@ -66,20 +58,20 @@ def test_every_baseline_saves_and_loads_to_the_same_predictions(name, table, bat
 
 def _with_padding_changed(batch, seed):
     generator = torch.Generator().manual_seed(seed)
-    padding = ~batch["hist_mask"]
-    changed = dict(batch)
+    padding = ~batch.hist_mask
+    changed = {}
     for key, high in (("hist_items", 30), ("hist_type", 2), ("hist_gap", 6)):
-        noise = torch.randint(0, high, batch[key].shape, generator=generator)
-        changed[key] = torch.where(padding, noise, batch[key])
-    return changed
+        values = getattr(batch, key)
+        changed[key] = torch.where(padding, torch.randint(0, high, values.shape, generator=generator), values)
+    return dataclasses.replace(batch, **changed)
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
-def test_changing_padded_history_steps_changes_no_output(name, table, batch):
-    assert (~batch["hist_mask"]).any() and batch["hist_mask"].any(1).all()
-    model = _build(name, table).train()
+def test_changing_padded_history_steps_changes_no_output(name, tiny_table, batch):
+    assert (~batch.hist_mask).any() and batch.hist_mask.any(1).all()
+    model = tiny_model(name, tiny_table).train()
     changed = _with_padding_changed(batch, seed=5)
-    assert not torch.equal(changed["hist_items"], batch["hist_items"])
+    assert not torch.equal(changed.hist_items, batch.hist_items)
     torch.manual_seed(11)  # DIEN draws its negatives from the global generator
     expected = model(batch)
     torch.manual_seed(11)
@@ -109,8 +101,8 @@ def test_dien_auxiliary_loss_averages_over_real_pairs_only():
     assert auxiliary_loss(states, history, negatives[:0], no_pairs) == 0
 
 
-def test_dien_gets_a_nonzero_auxiliary_gradient_on_its_item_encoder(table, batch):
-    model = _build("DIEN", table).train()
+def test_dien_gets_a_nonzero_auxiliary_gradient_on_its_item_encoder(tiny_table, batch):
+    model = tiny_model("DIEN", tiny_table).train()
     aux = model(batch)["aux_losses"]["aux"]
     gradient, = torch.autograd.grad(aux, model.items.modality_embedding.encoders["image"].projection.weight)
     assert gradient.abs().sum() > 0

@@ -14,16 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from marn.config import PROJECT_ROOT, load_config
+from marn import train
+from marn.config import PROJECT_ROOT, ColumnsConfig, DataConfig, Paths, load_config
+from marn.data import fetch as fetch_stage
+from marn.data import prepare as prepare_stage
 from marn.data.amazon import DataFileError, SkipLog
 from marn.data.fetch import fetch
 from marn.data.interactions import read_interactions
-from marn.data.prepare import PrepareOptions, prepare
+from marn.data.prepare import prepare
 from marn.evaluate import evaluate_models
 from marn.features import build as features_build
-from marn.features.build import build_features
 from marn.features.images import Fc7Weights
-from marn.train import train_model
 
 DAY_MS = 86_400_000
 START_MS = 1_600_000_000_000
@@ -92,18 +93,18 @@ def tiny_config(tmp_path: Path, *overrides: str):
     dirs = [f"data.raw_dir={tmp_path / 'raw'}", f"data.prepared_dir={tmp_path / 'prepared'}",
             f"features.dir={tmp_path / 'features'}", f"features.image_cache_dir={tmp_path / 'cache/images'}",
             f"features.vectors_cache_dir={tmp_path / 'cache/vectors'}", f"train.out_dir={tmp_path / 'models'}",
-            f"evaluate.plots_dir={tmp_path / 'plots'}"]
+            f"evaluate.plots_dir={tmp_path / 'plots'}", f"evaluate.out={tmp_path / 'eval.json'}"]
     return load_config([*TINY, *dirs, *overrides], path=PROJECT_ROOT / "params.yaml")
 
 
 def run_stages(cfg, tmp_path: Path, model: str = "MARN") -> tuple[dict, dict, dict]:
     """fetch -> prepare -> features -> train (one tiny epoch) -> evaluate, as the flows call them."""
-    raw, prepared, features = tmp_path / "raw", tmp_path / "prepared", tmp_path / "features"
-    fetch(cfg.data, raw)
-    prepare_report = prepare(raw, prepared, PrepareOptions.from_config(cfg.data), progress=False)
-    features_report = build_features(cfg.features, prepared, features, raw_dir=raw)
-    train_model(cfg, model, prepared, features, tmp_path / "models")
-    results = evaluate_models(cfg, [model], prepared, features, tmp_path / "models", tmp_path / "eval.json")
+    paths = Paths.from_params(cfg)
+    fetch_stage.run(cfg, paths)
+    prepare_report = prepare_stage.run(cfg, paths)
+    features_report = features_build.run(cfg, paths)
+    train.run(cfg, paths, model)
+    results = evaluate_models(cfg.evaluate, cfg.data, [model], paths)
     assert 0.0 <= results[model]["auc"] <= 1.0
     return prepare_report, features_report, results
 
@@ -167,7 +168,7 @@ def test_files_source_recognises_the_2023_layout(tmp_path):
     cfg = tiny_config(tmp_path, "data.source=files", f"data.reviews={mirror}/review_categories/Toys_and_Games.jsonl.gz",
                       f"data.meta={mirror}/meta_categories/meta_Toys_and_Games.jsonl.gz")
     assert fetch(cfg.data, tmp_path / "raw")["meta_schema"] == "amazon2023"
-    report = prepare(tmp_path / "raw", tmp_path / "prepared", PrepareOptions.from_config(cfg.data), progress=False)
+    report = prepare(cfg.data, tmp_path / "raw", tmp_path / "prepared", progress=False)
     assert report["layout"] == "amazon2023" and report["items"] == 16 and report["skipped"] == {}
 
 
@@ -190,7 +191,7 @@ def test_amazon2023_bad_lines_are_counted_with_file_and_line(tmp_path):
         meta_2023("P4"), meta_2023("P5"), meta_2023("P1"),  # the last: a duplicate item line
         json.dumps({"title": "no id"}),
     ])
-    report = prepare(raw, tmp_path / "prepared", PrepareOptions(), reviews, meta, progress=False)
+    report = prepare(DataConfig(), raw, tmp_path / "prepared", reviews_path=reviews, meta_path=meta, progress=False)
     assert report["skipped"] == {"bad_price": 1, "duplicate_meta": 1, "duplicate_review": 1, "malformed_line": 1,
                                  "meta_missing_asin": 1, "missing_field": 1, "missing_timestamp": 1,
                                  "rating_out_of_range": 1, "timestamp_in_s_converted": 1, "unknown_item": 1}
@@ -207,14 +208,14 @@ def test_mostly_unreadable_2023_file_fails_naming_it(tmp_path):
     reviews = write_gz_lines(tmp_path / "Toys.jsonl.gz", ["{oops"] * 5 + [review_2023("A", "P1", START_MS)])
     meta = write_gz_lines(tmp_path / "meta_Toys.jsonl.gz", [meta_2023("P1")])
     with pytest.raises(DataFileError, match=r"Toys\.jsonl\.gz: 5 of 6 lines"):
-        prepare(tmp_path, tmp_path / "prepared", PrepareOptions(), reviews, meta, progress=False)
+        prepare(DataConfig(), tmp_path, tmp_path / "prepared", reviews_path=reviews, meta_path=meta, progress=False)
 
 
 def test_min_interactions_keeps_the_k_core_and_says_so(tmp_path):
     rows = [f"U{u},I{i},{1_600_000_000 + u * 100 + i}" for u in range(6) for i in range(4) if (u, i) != (0, 0)]
     rows += ["U9,I0,1600000000", "U9,I7,1600000100"]  # U9 has 2 items and I7 one user: neither is in the 3-core
     reviews = write_text(tmp_path / "log.csv", "user,item,timestamp\n" + "\n".join(rows) + "\n")
-    report = prepare(tmp_path, tmp_path / "prepared", PrepareOptions(min_interactions=3), reviews, None,
+    report = prepare(DataConfig(min_interactions=3), tmp_path, tmp_path / "prepared", reviews_path=reviews,
                      progress=False)
     assert report["min_interactions"] == 3 and report["skipped"]["outside_3_core"] == 2
     assert report["users"] == 6 and report["items"] == 4
@@ -299,9 +300,9 @@ def test_table_bad_rows_are_counted_with_file_and_line(tmp_path):
     interactions = write_text(tmp_path / "log.csv", "\n".join(rows) + "\n")
     items = write_text(tmp_path / "items.tsv", "product\ttitle\tweight\nI1\tRed ball\t0.5\nI2\tBlue car\t-2\n"
                        "I3\tGreen kite\t1\nI3\tGreen kite\t1\nI4\tGrey bag\t2\n")
-    options = PrepareOptions(columns={"user": "visitor", "item": "product", "timestamp": "when", "rating": "stars",
-                                      "type": "event"})
-    report = prepare(tmp_path, tmp_path / "prepared", options, interactions, items, progress=False)
+    data = DataConfig(columns=ColumnsConfig(user="visitor", item="product", timestamp="when", rating="stars",
+                                            type="event"))
+    report = prepare(data, tmp_path, tmp_path / "prepared", reviews_path=interactions, meta_path=items, progress=False)
     assert report["skipped"] == {"bad_rating": 1, "bad_weight": 1, "duplicate_meta": 1, "duplicate_review": 1,
                                  "malformed_line": 1, "missing_field": 1, "missing_timestamp": 1, "missing_type": 1,
                                  "timestamp_in_ms_converted": 1, "timestamp_in_iso_converted": 2,
@@ -320,15 +321,15 @@ def test_table_bad_rows_are_counted_with_file_and_line(tmp_path):
 def test_table_without_required_columns_is_named(tmp_path, header, message):
     path = write_text(tmp_path / "log.csv", header + "\nA,I1,4\n")
     with pytest.raises(DataFileError, match=message):
-        read_interactions(path, {}, SkipLog())
+        read_interactions(path, ColumnsConfig(), SkipLog())
 
 
 def test_table_with_a_wrong_column_mapping_or_separator_fails(tmp_path):
     path = write_text(tmp_path / "log.csv", "u,i,t\n" + "A;I1;1600000000\n" * 3 + "A,I2,1600000100\n")
     with pytest.raises(DataFileError, match=r"data\.columns\.user is 'uid', but the header has \['u', 'i', 't'\]"):
-        read_interactions(path, {"user": "uid"}, SkipLog())
+        read_interactions(path, ColumnsConfig(user="uid"), SkipLog())
     with pytest.raises(DataFileError, match=r"log\.csv: 3 of 4 rows do not have the header's number of fields"):
-        read_interactions(path, {"user": "u", "item": "i", "timestamp": "t"}, SkipLog())
+        read_interactions(path, ColumnsConfig(user="u", item="i", timestamp="t"), SkipLog())
 
 
 def test_parquet_interactions_with_typed_columns(tmp_path):
@@ -337,6 +338,6 @@ def test_parquet_interactions_with_typed_columns(tmp_path):
                              "timestamp": pa.array([1_600_000_000_000, 1_600_000_100_000, None], pa.int64()),
                              "type": [1, 2, 1]}), path)
     skips = SkipLog()
-    reviews = read_interactions(path, {}, skips)
+    reviews = read_interactions(path, ColumnsConfig(), skips)
     assert reviews.times.tolist() == [1_600_000_000, 1_600_000_100] and reviews.type_names == ("1", "2")
     assert reviews.types.tolist() == [0, 1] and skips.examples["missing_timestamp"] == ["log.parquet:row 3"]

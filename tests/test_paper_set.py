@@ -11,7 +11,8 @@ import pytest
 from flows.paper_set import DEFAULT_PRESET, command_line, override_value, preset_settings, publish
 from marn.analysis.paper import load_paper_numbers
 from marn.analysis.tables import render_report
-from marn.config import PROJECT_ROOT, ConfigError, load_config
+from marn.config import PROJECT_ROOT, ConfigError
+from marn.pipeline import load_params
 from marn.models.baselines import BASELINES
 from marn.models.registry import ABLATIONS
 
@@ -24,7 +25,7 @@ def test_preset_values_are_written_in_the_override_grammar():
 
 def test_the_paper_preset_runs_every_model_and_five_seeds_of_every_table3_row():
     settings = preset_settings(PROJECT_ROOT / DEFAULT_PRESET, [])
-    cfg = load_config(settings)
+    cfg = load_params(settings)
     assert set(cfg.train.models) == {*BASELINES, *ABLATIONS}
     assert list(cfg.train.seed_models) == [*ABLATIONS, "NAML"]  # NAML: the paper's best baseline (Table 2)
     assert len({int(cfg.train.seed), *(int(s) for s in cfg.train.seeds)}) == 5

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marn.data.amazon import DataFileError
-from marn.data.dataset import CTRDataset, make_loader, time_gap_bucket
-from marn.data.prepare import PrepareOptions, prepare
+from marn.data.dataset import CTRDataset, build_batch, load_split, make_loader, time_gap_bucket
+from marn.config import DataConfig
+from marn.data.prepare import prepare
 
 DIGITAL_MUSIC = "amazon2014-digital-music-head"
 
@@ -47,10 +48,11 @@ def run_prepare(tmp_path: Path, reviews: list[str], meta: list[str], **options) 
     reviews_path = write_lines(raw / "reviews_Test.json.gz", reviews)
     meta_path = write_lines(raw / "meta_Test.json.gz", meta)
     out = tmp_path / "prepared"
-    return prepare(raw, out, PrepareOptions(**options), reviews_path, meta_path, progress=False), out
+    return prepare(DataConfig(**options), raw, out, reviews_path=reviews_path, meta_path=meta_path,
+                   progress=False), out
 
 
-def load_split(out: Path, split: str) -> np.ndarray:
+def read_split(out: Path, split: str) -> np.ndarray:
     return np.load(out / f"{split}.npy")
 
 
@@ -65,7 +67,7 @@ def test_digital_music_counts_match_the_raw_file(shared_data, tmp_path):
             per_user[record["reviewerID"]].add(record["asin"])
     lengths = np.array([len(items) for items in per_user.values()])
 
-    report = prepare(folder, tmp_path / "prepared", PrepareOptions(), reviews_path=reviews_path,
+    report = prepare(DataConfig(), folder, tmp_path / "prepared", reviews_path=reviews_path,
                      meta_path=meta_path, progress=False)
 
     assert report["users"] == len(per_user) == 2490
@@ -99,7 +101,7 @@ def test_split_properties(tmp_path_factory, logs, seed):
     meta = [meta_2014(f"I{i:03d}") for i in range(15)]
     report, out = run_prepare(tmp_path, lines, meta, seed=seed)
 
-    train, test = load_split(out, "train"), load_split(out, "test")
+    train, test = read_split(out, "train"), read_split(out, "test")
     seq = np.load(out / "sequences.npz")
     offsets, items, times = seq["offsets"], seq["items"], seq["times"]
     vocab = json.loads((out / "vocab.json").read_text())
@@ -219,7 +221,7 @@ def test_cold_items_and_statistics_come_from_training_only(tmp_path):
     assert items.loc["I9", "n_reviews"] == 0 and np.isnan(items.loc["I9", "mean_rating"])
     assert items.loc["I1", "n_reviews"] == 2
     i9 = items.loc["I9", "item_idx"]
-    train = load_split(out, "train")
+    train = read_split(out, "train")
     assert i9 not in train["item"]
     assert report["cold_test_items"] == 2 and report["cold_test_samples"] == 3  # I9 twice, and C's I6
 
@@ -241,16 +243,51 @@ def test_dataset_batches_follow_the_protocol(tmp_path):
               [review("B", "I6", 5 * day), review("B", "I7", 6 * day), review("B", "I8", 7 * day)]
     _, out = run_prepare(tmp_path, reviews, [meta_2014(f"I{i}") for i in range(9)])
     dataset = CTRDataset(out, "train", max_len=2, time_gap_buckets=5)
-    train = load_split(out, "train")
+    train = read_split(out, "train")
     batch = dataset.__getitems__(list(range(len(dataset))))
-    assert batch["hist_items"].shape == (len(train), 2)
-    assert batch["hist_len"].tolist() == np.minimum(train["pos"], 2).tolist()
-    assert (batch["hist_mask"].sum(1) == batch["hist_len"]).all()
-    assert (batch["hist_items"][~batch["hist_mask"]] == 0).all()
+    assert batch.hist_items.shape == (len(train), 2)
+    assert batch.hist_len.tolist() == np.minimum(train["pos"], 2).tolist()
+    assert (batch.hist_mask.sum(1) == batch.hist_len).all()
+    assert (batch.hist_items[~batch.hist_mask] == 0).all()
     # User A's sample predicting its 5th item (pos 4) sees I2 and I3 (item indices 4, 5), 6 and 3 days back.
     row = int(np.flatnonzero((train["pos"] == 4) & (train["label"] == 1))[0])
-    assert batch["hist_items"][row].tolist() == [4, 5]
-    assert batch["hist_gap"][row].tolist() == time_gap_bucket(np.array([6 * day, 3 * day]), 5).tolist() == [3, 2]
+    assert batch.hist_items[row].tolist() == [4, 5]
+    assert batch.hist_gap[row].tolist() == time_gap_bucket(np.array([6 * day, 3 * day]), 5).tolist() == [3, 2]
     loader = make_loader(dataset, batch_size=3, shuffle=True, seed=7)
-    order = [b["target_item"].tolist() for b in loader]
-    assert order == [b["target_item"].tolist() for b in make_loader(dataset, batch_size=3, shuffle=True, seed=7)]
+    order = [b.target_item.tolist() for b in loader]
+    assert order == [b.target_item.tolist() for b in make_loader(dataset, batch_size=3, shuffle=True, seed=7)]
+
+
+def test_with_samples_scores_other_rows_on_the_same_data(tmp_path):
+    reviews = [review(u, f"I{k}", 1_000_000 + k * 86_400) for u in ("A", "B") for k in range(5)]
+    _, out = run_prepare(tmp_path, reviews + [review("C", f"I{k}", k) for k in range(5, 9)],
+                         [meta_2014(f"I{i}") for i in range(9)])
+    dataset = CTRDataset(out, "test", max_len=3)
+    rows = dataset.samples[:1].copy()
+    rows["item"] = 3
+    candidates = dataset.with_samples(np.repeat(rows, 2))
+    assert len(candidates) == 2 and len(dataset) == len(read_split(out, "test"))
+    batch = candidates.__getitems__([0, 1])
+    original = dataset.__getitems__([0])
+    assert batch.target_item.tolist() == [3, 3]
+    assert batch.hist_items.tolist() == original.hist_items.repeat(2, 1).tolist()
+    with pytest.raises(ValueError, match="sample rows must have dtype"):
+        dataset.with_samples(np.zeros(2, dtype=np.int64))
+
+
+def test_load_split_refuses_a_split_without_samples(tmp_path):
+    _, out = run_prepare(tmp_path, [review("A", "I1", 1), review("B", "I2", 2)], [meta_2014("I1"), meta_2014("I2")])
+    with pytest.raises(ValueError, match="has no training samples"):
+        load_split(out, "train", DataConfig())
+
+
+def test_one_history_is_shared_by_every_candidate():
+    day = 86_400
+    batch = build_batch(np.array([7, 8, 9]), np.array([0, 1, 0], np.int8), np.array([1]), np.array([2]),
+                        np.array([4, 5, 6]), behaviour_times=np.array([0, 0, 3 * day]),
+                        target_time=np.array([4 * day]), time_gap_buckets=5)
+    assert len(batch) == 3 and batch.user is None and batch.label is None
+    assert batch.hist_items.tolist() == [[8, 9]] * 3 and batch.hist_type.tolist() == [[1, 0]] * 3
+    assert batch.hist_gap.tolist() == [[3, 1]] * 3 and batch.hist_len.tolist() == [2] * 3
+    empty = build_batch(np.array([], np.int64), np.array([], np.int8), np.array([0]), np.array([0]), np.array([4]))
+    assert empty.hist_items.tolist() == [[0]] and empty.hist_mask.tolist() == [[False]]

@@ -11,10 +11,11 @@ import torch
 
 from marn.analysis.probes import main as probes_main
 from marn.analysis.probes import factor_levels, mean_title_vectors, probe_accuracy
-from marn.config import FeaturesConfig, SyntheticConfig
-from marn.data.prepare import PrepareOptions, prepare
+from marn.config import DataConfig, FeaturesConfig, SyntheticConfig
+from marn.data.prepare import prepare
 from marn.data.synthetic import generate
 from marn.features import build_features
+from tests.tiny_data import TinyData, tiny_paths
 
 # Enough items for 5 folds of ~30; images left out: the title probe is under test, and VGG16 is slow here.
 WORLD = SyntheticConfig(n_users=400, n_items=200, n_categories=3, n_brands=5, image_size=16, write_images=False)
@@ -26,10 +27,10 @@ def probe_result(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("probes")
     raw, prepared, features = root / "raw", root / "prepared", root / "features"
     files = generate(raw, WORLD, seed=3)["files"]
-    prepare(raw, prepared, PrepareOptions(), reviews_path=raw / files["reviews"], meta_path=raw / files["meta"],
+    prepare(DataConfig(), raw, prepared, reviews_path=raw / files["reviews"], meta_path=raw / files["meta"],
             progress=False)
-    build_features(FeaturesConfig(word_dim=128, vectors_cache_dir=str(root / "cache"),
-                                  image_cache_dir=str(root / "cache")), prepared, features, raw_dir=raw)
+    build_features(FeaturesConfig(word_dim=128), tiny_paths(TinyData(prepared, features), root, raw=raw,
+                                                            image_cache=root / "cache", vectors_cache=root / "cache"))
     out = root / "probes.json"
     probes_main(["--raw", str(raw), "--prepared", str(prepared), "--features", str(features), "--out", str(out)])
     return json.loads(out.read_text())

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import yaml
 
-from marn.config import ConfigError, DataConfig, FeaturesConfig, SyntheticConfig, Word2VecConfig, load_config
+from marn.config import ConfigError, DataConfig, FeaturesConfig, Paths, SyntheticConfig, Word2VecConfig, validate
 from marn.data.fetch import fetch
-from marn.data.prepare import PrepareOptions, prepare
+from marn.data.prepare import prepare
 from marn.features import build
 from marn.features import images as images_module
-from pipeline_support import pipeline_env
+from marn.pipeline import load_params
+from tests.pipeline_support import pipeline_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,22 +35,22 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ])
 def test_every_section_value_is_checked_on_load(override, named):
     with pytest.raises(ConfigError) as caught:
-        load_config([override])
+        load_params([override])
     message = str(caught.value)
     assert named in message and "\n" not in message, message
 
 
 def test_files_source_needs_both_files_named():
     with pytest.raises(ConfigError, match=r"data.source=files needs data.reviews"):
-        load_config(["data.source=files", "data.meta=m.json"])
+        load_params(["data.source=files", "data.meta=m.json"])
 
 
 @pytest.mark.parametrize("stage, override", [
-    ("flows.fetch", "train.batch_size=-4"),  # a key the stage does not read still fails it
-    ("flows.prepare", "data.source=nosuch"),
+    ("fetch", "train.batch_size=-4"),  # a key the stage does not read still fails it
+    ("prepare", "data.source=nosuch"),
 ])
 def test_stage_command_stops_with_one_error_line_before_prefect_starts(stage, override):
-    done = subprocess.run([sys.executable, "-m", stage, override], cwd=PROJECT_ROOT, env=pipeline_env(),
+    done = subprocess.run([sys.executable, "-m", "flows.stage", stage, override], cwd=PROJECT_ROOT, env=pipeline_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
@@ -76,7 +77,7 @@ def test_reviews_of_items_not_in_the_metadata_name_both_files_as_given(tmp_path,
     cfg = DataConfig(source="files", reviews="given/reviews.json.gz", meta=str(meta))
     fetch(cfg, tmp_path / "raw")
     with pytest.raises(ValueError) as caught:
-        prepare(tmp_path / "raw", tmp_path / "prepared", PrepareOptions(), progress=False)
+        prepare(cfg, tmp_path / "raw", tmp_path / "prepared", progress=False)
     message = str(caught.value)
     assert "data.reviews=given/reviews.json.gz" in message and f"data.meta={meta}" in message, message
     assert "raw" not in message.replace(str(tmp_path), ""), message
@@ -89,7 +90,7 @@ def test_fetch_and_prepare_records_are_the_same_bytes_in_any_folder(tmp_path):
     cfg = DataConfig(synthetic=synthetic)
     for name in ("one", "two"):
         fetch(cfg, tmp_path / name / "raw")
-        prepare(tmp_path / name / "raw", tmp_path / name / "prepared", PrepareOptions(), progress=False)
+        prepare(cfg, tmp_path / name / "raw", tmp_path / name / "prepared", progress=False)
     for record in ("raw/fetch.json", "prepared/report.json"):
         first, second = ((tmp_path / name / record).read_bytes() for name in ("one", "two"))
         assert first == second, record
@@ -109,10 +110,14 @@ def _items_parquet(prepared: Path, image_refs: list[str]) -> None:
     }), prepared / "items.parquet")
 
 
-def _features_config(tmp_path: Path) -> FeaturesConfig:
-    return FeaturesConfig(image_cache_dir=str(tmp_path / "cache"), vectors_cache_dir=str(tmp_path / "vectors"),
-                          image_size=32, batch_size=4, word_dim=8, download_retries=0,
+def _features_config() -> FeaturesConfig:
+    return FeaturesConfig(image_size=32, batch_size=4, word_dim=8, download_retries=0,
                           word2vec=Word2VecConfig(epochs=1, min_count=1))
+
+
+def _features_paths(tmp_path: Path) -> Paths:
+    return Paths.from_params(validate({"data": {"raw_dir": "raw", "prepared_dir": "prepared"}, "features": {
+        "dir": "features", "image_cache_dir": "cache", "vectors_cache_dir": "vectors"}}), root=tmp_path)
 
 
 def test_no_image_reference_masks_the_image_modality_without_vgg16(tmp_path, monkeypatch):
@@ -122,7 +127,7 @@ def test_no_image_reference_masks_the_image_modality_without_vgg16(tmp_path, mon
     monkeypatch.setattr(build, "fc7_model", no_vgg16)
     monkeypatch.setattr(images_module, "download", no_vgg16)
     _items_parquet(tmp_path / "prepared", ["", "", ""])
-    report = build.build_features(_features_config(tmp_path), tmp_path / "prepared", tmp_path / "features")
+    report = build.build_features(_features_config(), _features_paths(tmp_path))
     assert report["images_ok"] == 0 and report["image_failures"] == {"no_image_ref": 3}
     assert report["weights"] == "none" and "no item has an image reference" in report["image_modality"]
     assert not np.load(tmp_path / "features" / "image_mask.npy").any()
@@ -140,7 +145,7 @@ def test_missing_and_corrupt_images_are_counted_in_the_report_and_printed(tmp_pa
                                            str(images / "gone.jpg")])
     random_fc7 = (images_module.vgg16_fc7(None, seed=0), images_module.Fc7Weights("random", "seed 0", None))
     monkeypatch.setattr(build, "fc7_model", lambda cfg, **kwargs: random_fc7)  # offline: no ImageNet download
-    report = build.build_features(_features_config(tmp_path), tmp_path / "prepared", tmp_path / "features")
+    report = build.build_features(_features_config(), _features_paths(tmp_path))
     assert report["image_failures"] == {"corrupt": 1, "missing_file": 1}
     written = json.loads((tmp_path / "features" / "report.json").read_text())
     assert written["image_failures"] == {"corrupt": 1, "missing_file": 1}
@@ -150,18 +155,20 @@ def test_missing_and_corrupt_images_are_counted_in_the_report_and_printed(tmp_pa
 
 
 def test_each_train_stage_tracks_only_the_params_its_model_reads(tmp_path):
-    from flows.train_params import OUT_DIR, params_read_by, write_train_params
+    from marn import train_params
 
-    cfg = load_config()
-    assert "lambda0" in params_read_by(cfg, "MARN")["train"]
-    assert "lambda0" not in params_read_by(cfg, "BaseModel+IDs")["train"]
-    write_train_params(cfg, tmp_path / "a")
-    write_train_params(load_config(["train.lambda0=0.7"]), tmp_path / "b")
-    changed = {p.name for p in (tmp_path / "a").iterdir() if p.read_bytes() != (tmp_path / "b" / p.name).read_bytes()}
+    config = load_params()
+    assert "lambda0" in train_params.params_read_by(config, "MARN")["train"]
+    assert "lambda0" not in train_params.params_read_by(config, "BaseModel+IDs")["train"]
+    for name, lambda0 in (("a", 0.05), ("b", 0.7)):
+        changed_config = load_params([f"train.lambda0={lambda0}"])
+        train_params.run(changed_config, Paths.from_params(changed_config, root=tmp_path / name))
+    written = {name: tmp_path / name / config.train.params_dir for name in "ab"}
+    changed = {p.name for p in written["a"].iterdir() if p.read_bytes() != (written["b"] / p.name).read_bytes()}
     assert changed == {"MARN.json", "BaseModel+MAF+ADV.json", "BaseModel+MAF+DDMA.json",
                        "BaseModel+MAF+DDMA+PropertyGate.json", "BaseModel+MAF+DDMA+CandidateAttention.json"}
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    assert stages["train"]["do"]["params"] == [{f"{OUT_DIR}/${{item}}.json": None}]
+    assert stages["train"]["do"]["params"] == [{"${train.params_dir}/${item}.json": None}]
 
 
 def test_only_killed_runs_of_the_deployment_lose_their_temp_copy(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -9,48 +10,42 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tests.test_distributed import use_params_file
-from tests.test_models_data import tiny_data  # noqa: F401  (tiny_data is a fixture)
 
-from marn.config import load_config
+from marn.config import Paths
 from marn.data.dataset import CTRDataset
-from marn.models.persistence import ModelFileError
-from marn.serve import ScoringRequest, load_scorer, main, request_of_sample
-from marn.train import train_model
-
-MAX_LEN, HIDDEN = 6, 16  # tiny_config's data.max_len and train.hidden
-# the same float32 math in other batch shapes (one GRU row instead of one per candidate): measured up to 5e-7
-# on logits of magnitude 4; dropping the time gaps moves them by 7e-5
-SAME_SCORES = {"rtol": 1e-5, "atol": 1e-5}
+from marn.data.formats import read_items
+from marn.models.persistence import ModelFileError, model_file
+from marn.serve.cli import main
+from marn.serve.scoring import ScoringRequest, load_scorer, request_of_sample
+from tests.training_support import HIDDEN, MAX_LEN, SAME_SCORES, train_tiny, use_params_file
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_data, tmp_path_factory):  # noqa: F811
+def exported(tiny_data, tmp_path_factory):
     """A MARN trained for one epoch on the tiny data, exported with `python -m marn.serve export`."""
     out_dir = tmp_path_factory.mktemp("serve")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        use_params_file(tiny_data, out_dir, monkeypatch, epochs=1)
-        cfg = load_config(path=out_dir / "params.yaml")
-        train_model(cfg, "MARN", tiny_data.prepared_dir, tiny_data.features_dir, out_dir)
+        config = use_params_file(tiny_data, out_dir, monkeypatch, epochs=1)
+        train_tiny(tiny_data, out_dir, "MARN", epochs=1)
         main(["export", "MARN", "--dir", str(out_dir / "export")])
-    return cfg, out_dir
+    return Paths.from_params(config), out_dir
 
 
-def test_export_writes_every_item_with_its_id_map(tiny_data, exported):  # noqa: F811
+def test_export_writes_every_item_with_its_id_map(tiny_data, exported):
     _, out_dir = exported
     export_dir = out_dir / "export"
     representations = np.load(export_dir / "item_representations.npy")
     assert representations.shape == (32, HIDDEN) and representations.dtype == np.float32
     ids = pq.read_table(export_dir / "item_ids.parquet").to_pydict()
-    items = pq.read_table(tiny_data.prepared_dir / "items.parquet", columns=["item_idx", "asin"]).to_pydict()
+    items = read_items(tiny_data.prepared_dir, ["item_idx", "asin"]).to_pydict()
     assert ids == items
     manifest = json.loads((export_dir / "manifest.json").read_text())
     assert manifest["model_name"] == "MARN" and manifest["n_items"] == 32 and manifest["max_len"] == MAX_LEN
 
 
-def test_exported_representations_score_like_the_full_model(tiny_data, exported):  # noqa: F811
-    cfg, out_dir = exported
-    scorer = load_scorer(cfg, "MARN", out_dir / "export")
+def test_exported_representations_score_like_the_full_model(tiny_data, exported):
+    paths, out_dir = exported
+    scorer = load_scorer("MARN", paths, out_dir / "export", "auto")
     dataset = CTRDataset(tiny_data.prepared_dir, "test", MAX_LEN, 6)
     lengths = dataset.samples["pos"]
     # a history longer than max_len (cut to its end), a short one, and the other samples' targets as candidates
@@ -81,8 +76,8 @@ def test_exported_representations_score_like_the_full_model(tiny_data, exported)
     ({"history_times": [1, 2]}, "history_times need the request_time"),
 ])
 def test_bad_requests_are_named(exported, request_fields, message):
-    cfg, out_dir = exported
-    scorer = load_scorer(cfg, "MARN", out_dir / "export")
+    paths, out_dir = exported
+    scorer = load_scorer("MARN", paths, out_dir / "export", "auto")
     request = ScoringRequest(**{"history_items": [3, 4], "candidate_items": [5], **request_fields})
     with pytest.raises(ValueError, match=message):
         scorer.score(request)
@@ -91,8 +86,8 @@ def test_bad_requests_are_named(exported, request_fields, message):
 
 
 def test_score_command_reads_json_lines(exported, monkeypatch, capsys):
-    cfg, out_dir = exported
-    scorer = load_scorer(cfg, "MARN", out_dir / "export")
+    paths, out_dir = exported
+    scorer = load_scorer("MARN", paths, out_dir / "export", "auto")
     line = {"history": ["A00004", "A00006"], "candidates": ["A00010", "A00011"], "history_types": [0, 1],
             "history_times": [1_300_000_000, 1_300_500_000], "request_time": 1_301_000_000}
     monkeypatch.setenv("MARN_PARAMS", str(out_dir / "params.yaml"))
@@ -104,12 +99,11 @@ def test_score_command_reads_json_lines(exported, monkeypatch, capsys):
 
 
 def test_export_of_another_model_file_is_refused(exported, tmp_path):
-    _, out_dir = exported
-    saved = torch.load(out_dir / "MARN" / "model.pt", weights_only=True)
+    paths, out_dir = exported
+    saved = torch.load(model_file(out_dir, "MARN"), weights_only=True)
     first = next(iter(saved["state_dict"]))
     saved["state_dict"][first] = saved["state_dict"][first] + 1  # as if MARN had been trained again
     (tmp_path / "MARN").mkdir()
-    torch.save(saved, tmp_path / "MARN" / "model.pt")
-    retrained = load_config([f"train.out_dir={tmp_path}"], path=out_dir / "params.yaml")
+    torch.save(saved, model_file(tmp_path, "MARN"))
     with pytest.raises(ModelFileError, match="was exported from another .*model.pt; run python -m marn.serve export"):
-        load_scorer(retrained, "MARN", out_dir / "export")
+        load_scorer("MARN", dataclasses.replace(paths, models=tmp_path), out_dir / "export", "auto")

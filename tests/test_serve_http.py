@@ -14,33 +14,29 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from omegaconf import OmegaConf
-from tests.test_distributed import use_params_file
-from tests.test_models_data import tiny_data  # noqa: F401  (tiny_data is a fixture)
-from tests.test_serve import MAX_LEN, SAME_SCORES
 
-from marn.config import PROJECT_ROOT, load_config
+import marn.train
+from marn import ops
+from marn.config import PROJECT_ROOT, Paths
 from marn.data.dataset import CTRDataset
-from marn.serve import load_scorer, main, parse_request, request_of_sample
-from marn.serve_http import MAX_BODY_BYTES, MAX_CANDIDATES, call, server_process
-from marn.train import train_model
+from marn.serve.cli import main
+from marn.serve.scoring import load_scorer, parse_request, request_of_sample
+from marn.serve.server import MAX_BODY_BYTES, MAX_CANDIDATES, call, server_process
+from tests.training_support import MAX_LEN, SAME_SCORES, use_params_file
 
 STARTUP_TIMEOUT_S = 120  # a worker imports torch and loads the model; the shared test machine can be slow
 
 
 @pytest.fixture(scope="module")
-def served_model(tiny_data, tmp_path_factory):  # noqa: F811
+def served_model(tiny_data, tmp_path_factory):
     """A MARN trained for one epoch on the tiny data and exported; params.yaml in the folder points at both."""
     out_dir = tmp_path_factory.mktemp("serve_http")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        use_params_file(tiny_data, out_dir, monkeypatch, epochs=1)
-        params = OmegaConf.load(out_dir / "params.yaml")
-        params.ops = {"backend": "reference"}  # the op backends have their own tests
-        OmegaConf.save(params, out_dir / "params.yaml")
-        cfg = load_config(path=out_dir / "params.yaml")
-        train_model(cfg, "MARN", tiny_data.prepared_dir, tiny_data.features_dir, out_dir)
+        # the reference ops: the op backends have their own tests
+        config = use_params_file(tiny_data, out_dir, monkeypatch, ops_backend="reference", epochs=1)
+        marn.train.run(config, Paths.from_params(config), "MARN")
         main(["export", "MARN", "--dir", str(out_dir / "export")])
-    return cfg, out_dir
+    return config, out_dir
 
 
 @contextmanager
@@ -57,7 +53,7 @@ def server(served_model):
         yield base
 
 
-def sample_requests(tiny_data, out_dir: Path) -> list[dict]:  # noqa: F811
+def sample_requests(tiny_data, out_dir: Path) -> list[dict]:
     """Requests as a client sends them (item ids), built from test samples: long, short and typed histories."""
     asins = pq.read_table(out_dir / "export" / "item_ids.parquet", columns=["asin"]).column("asin").to_pylist()
     dataset = CTRDataset(tiny_data.prepared_dir, "test", MAX_LEN, 6)
@@ -74,9 +70,9 @@ def sample_requests(tiny_data, out_dir: Path) -> list[dict]:  # noqa: F811
     return requests
 
 
-def test_http_scores_equal_the_score_command_and_the_full_model(tiny_data, served_model, server,  # noqa: F811
+def test_http_scores_equal_the_score_command_and_the_full_model(tiny_data, served_model, server,
                                                                  monkeypatch, capsys):
-    cfg, out_dir = served_model
+    config, out_dir = served_model
     requests = sample_requests(tiny_data, out_dir)
     served = []
     for body in requests:
@@ -90,8 +86,8 @@ def test_http_scores_equal_the_score_command_and_the_full_model(tiny_data, serve
     printed = [json.loads(line)["scores"] for line in capsys.readouterr().out.splitlines()]
     assert served == printed  # the same parse and the same float32 math: the same numbers
 
-    scorer = load_scorer(cfg, "MARN", out_dir / "export")
-    with torch.inference_mode():
+    scorer = load_scorer("MARN", Paths.from_params(config), out_dir / "export", config.ops.backend)
+    with ops.use_backend(config.ops.backend), torch.inference_mode():
         for body, scores in zip(requests, served):
             full = torch.sigmoid(scorer.model(scorer.request_batch(parse_request(scorer, body)))["logit"])
             torch.testing.assert_close(torch.tensor(scores), full, **SAME_SCORES)
@@ -128,7 +124,7 @@ def test_health_names_the_model(served_model, server):
 
 
 @pytest.mark.slow  # two more worker processes import torch and load the model: ~50 s on 2 busy cores
-def test_two_worker_processes_answer_alike(tiny_data, served_model, server):  # noqa: F811
+def test_two_worker_processes_answer_alike(tiny_data, served_model, server):
     body = json.dumps(sample_requests(tiny_data, served_model[1])[0]).encode()
     one = call(f"{server}/score", body)
     with running_server(served_model[1], workers=2) as base:

@@ -411,9 +411,10 @@ def test_small_catalogue_caps_histories_without_repeats(tmp_path):
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"shared_factors": 9}, "data.synthetic.shared_factors must be in"),
-    ({"factor_levels": 1}, "data.synthetic.factor_levels must be in"),
+    ({"factor_levels": 1}, "data.synthetic.factor_levels must be at least 2"),
+    ({"factor_levels": 99}, "data.synthetic.factor_levels must be in"),
     ({"cold_item_share": 1.0}, "data.synthetic.cold_item_share must be in"),
-    ({"max_seq_len": 3}, "data.synthetic.max_seq_len must be >= min_seq_len"),
+    ({"max_seq_len": 3}, r"data.synthetic.min_seq_len must be in \[2, data.synthetic.max_seq_len = 3\]"),
     ({"min_seq_len": 39, "max_seq_len": 50}, "data.synthetic.min_seq_len .* exceeds the 34 items"),
 ])
 def test_bad_settings_name_the_key(tmp_path, change, message):

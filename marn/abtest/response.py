@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from scipy import optimize, special
 
-from marn.data.item_table import RESERVED_ENTRIES
+from marn.data.formats import read_items, read_samples, read_sequences, samples_file
+from marn.items import RESERVED_ENTRIES
 
 FEATURE_NAMES = ("log_train_count", "category_share", "brand_share", "mean_rating")
 FIT_SAMPLES = 200_000  # four coefficients: more samples hardly move them but cost a [samples, max_len] history
@@ -47,11 +47,9 @@ class LoggedData:
 
     @classmethod
     def load(cls, prepared_dir: Path) -> "LoggedData":
-        table = pq.read_table(Path(prepared_dir) / "items.parquet",
-                              columns=["category_idx", "brand_idx", "train_count", "mean_rating"])
-        with np.load(Path(prepared_dir) / "sequences.npz") as sequences:
-            offsets, items = sequences["offsets"].astype(np.int64), sequences["items"].astype(np.int64)
-        return cls(offsets=offsets, items=items,
+        table = read_items(prepared_dir, ["category_idx", "brand_idx", "train_count", "mean_rating"])
+        sequences = read_sequences(prepared_dir)
+        return cls(offsets=sequences.offsets.astype(np.int64), items=sequences.items.astype(np.int64),
                    category=table.column("category_idx").to_numpy().astype(np.int64),
                    brand=table.column("brand_idx").to_numpy().astype(np.int64),
                    train_count=table.column("train_count").to_numpy().astype(np.float64),
@@ -109,15 +107,16 @@ class ResponseModel:
 
 def fit_response_model(prepared_dir: Path, max_len: int, rng: np.random.Generator) -> ResponseModel:
     """Fit on (at most FIT_SAMPLES of) `train.npy`: L2-penalised logistic regression by L-BFGS."""
-    samples = np.load(Path(prepared_dir) / "train.npy", mmap_mode="r")
+    samples = read_samples(prepared_dir, "train")
+    samples_path = Path(prepared_dir) / samples_file("train")
     if len(samples) == 0:
-        raise ValueError(f"{prepared_dir / 'train.npy'} has no samples to fit the response model on")
+        raise ValueError(f"{samples_path} has no samples to fit the response model on")
     picked = np.sort(rng.choice(len(samples), size=min(FIT_SAMPLES, len(samples)), replace=False))
     rows = samples[picked]
     data = LoggedData.load(prepared_dir)
     labels = rows["label"].astype(np.float64)
     if labels.min() == labels.max():
-        raise ValueError(f"{prepared_dir / 'train.npy'}: the response model needs both positive and negative samples")
+        raise ValueError(f"{samples_path}: the response model needs both positive and negative samples")
     x = response_features(data, rows["user"].astype(np.int64), rows["pos"].astype(np.int64),
                           rows["item"].astype(np.int64), max_len)
     mean, scale = x.mean(axis=0), x.std(axis=0)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from marn.abtest.statistics import RatioSample, compare
+from marn.config import CLICK_MODELS
 
-CLICK_MODELS = ("position", "cascade")
 METRICS = ("ctr", "gmv_per_impression")  # the lifts reported: clicks and GMV, each per impression
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-INTERVAL_METHODS = ("delta", "bootstrap")
+from marn.config import INTERVAL_METHODS
+
 _BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22  # resampled user indices held at once
 
 

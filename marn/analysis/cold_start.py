@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from marn.data.dataset import CTRDataset
-from marn.data.item_table import RESERVED_ENTRIES
+from marn.items import RESERVED_ENTRIES
 from marn.models.base import CTRModel
 
 _QUERIES = (
@@ -75,14 +75,12 @@ def clicked_item_ranks(model: CTRModel, dataset: CTRDataset, queries: Sequence[C
     model.eval()
     ranks = np.empty(len(queries), dtype=np.int64)
     for number, query in enumerate(queries):
-        sample = dataset.__getitems__([query.sample])
-        logits = []
-        for start in range(0, len(query.candidates), batch_size):
-            candidates = torch.from_numpy(query.candidates[start:start + batch_size])
-            batch = {key: value.expand(len(candidates), *value.shape[1:]).contiguous() for key, value in sample.items()}
-            batch["target_item"] = candidates
-            logits.append(model(batch)["logit"])
-        logits = torch.cat(logits)
+        # the query's user and history, once per candidate as the target
+        rows = np.repeat(np.asarray(dataset.samples[query.sample:query.sample + 1]), len(query.candidates))
+        rows["item"] = query.candidates
+        candidates = dataset.with_samples(rows)
+        logits = torch.cat([model(candidates.__getitems__(list(range(start, min(start + batch_size, len(rows))))))
+                            ["logit"] for start in range(0, len(rows), batch_size)])
         ranks[number] = 1 + int((logits[1:] >= logits[0]).sum())
     return ranks
 

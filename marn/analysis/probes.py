@@ -16,12 +16,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from marn.data.item_table import RESERVED_ENTRIES, load_item_table
+from marn.data.formats import read_items, read_report
+from marn.data.item_table import load_item_table
+from marn.items import RESERVED_ENTRIES
 from marn.data.synthetic.choice import as_rows
-from marn.features.word_vectors import PAD
+from marn.items import PAD
 
 FOLDS = 5
 RIDGE_GRID = tuple(10.0 ** k for k in range(-2, 6))  # ridge weights tried, relative to the number of features
@@ -117,8 +118,7 @@ def run_probes(raw_dir: Path, prepared_dir: Path, features_dir: Path, seed: int 
     """Probe accuracy per factor and modality on the items that have an image (all items when none has)."""
     torch.set_num_threads(1)
     table = load_item_table(prepared_dir, features_dir)
-    asins = pq.read_table(prepared_dir / "items.parquet", columns=["asin"]).column("asin").to_numpy(
-        zero_copy_only=False)[RESERVED_ENTRIES:]
+    asins = read_items(prepared_dir, ["asin"]).column("asin").to_numpy(zero_copy_only=False)[RESERVED_ENTRIES:]
     names, kinds, levels = factor_levels(raw_dir / "truth.npz", asins)
     has_image = table.image_mask[RESERVED_ENTRIES:].numpy()
     items = has_image if has_image.any() else np.ones(len(asins), dtype=bool)
@@ -136,7 +136,7 @@ def run_probes(raw_dir: Path, prepared_dir: Path, features_dir: Path, seed: int 
             **{m: None if accuracy[m] is None else round(accuracy[m][f], 4) for m in MODALITIES},
             "chance": round(float(np.bincount(targets[:, f]).max() / len(targets)), 4),
         })
-    report = json.loads((features_dir / "report.json").read_text()) if (features_dir / "report.json").is_file() else {}
+    report = read_report(features_dir) or {}
     return {
         "items": int(items.sum()),
         "folds": FOLDS,

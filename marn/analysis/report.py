@@ -1,7 +1,7 @@
 """Report stage: the paper's Tables 2-5 and Figs. 5-6 from the trained models (paper §4.3-4.5).
 
 `write_report` evaluates every model of `train.models` in every seed run (`marn.analysis.runs`) on the test
-split, and MARN in every lambda0 run, then writes into `analysis.out_dir`:
+split, and MARN in every lambda0 run, then writes into `paths.report` (`analysis.out_dir`):
 - `paper_tables.md`: Tables 2 and 3 (user-AUC mean ± sd over seeds, and user_auc@<k>neg when
   `evaluate.test_negatives` = k > 1), the tests of the paper's orderings on user-AUC (each adjacent step of
   Table 3's ladder and MARN against the best baseline: mean difference, Welch's t, same-seed differences and the
@@ -33,14 +33,16 @@ from marn.analysis.representations import modality_features, sample_items, tsne_
 from marn.analysis.runs import LAMBDA0_MODEL, Run, lambda0_runs, seed_runs
 from marn.analysis.significance import spread
 from marn.analysis.tables import render_report
-from marn.config import resolve_path
-from marn.data.dataset import CTRDataset
-from marn.data.item_table import ItemTable, load_item_table
+from marn.config import AnalysisConfig, DataConfig, EvaluateConfig, Params, Paths, TrainConfig
+from marn.data.dataset import CTRDataset, load_split
+from marn.data.item_table import load_item_table
 from marn.evaluate import (
     more_negatives_dataset, more_negatives_metric, popularity_auc, predict, train_interactions, user_auc,
 )
-from marn.models.persistence import load_model
-from marn.models.registry import check_model_name, model_folder
+from marn.files import atomic_write_text
+from marn.items import ItemTable
+from marn.models.persistence import load_model, model_file
+from marn.models.registry import model_folder
 
 FIGURES = "figures"
 
@@ -90,60 +92,58 @@ def _cold_start_table(ranks_by_model: dict[str, list[np.ndarray]], n_candidates:
             "rows": rows}
 
 
-def _dataset_label(data_cfg) -> str:
-    source = str(data_cfg.source)
-    return f"{source} {data_cfg.category}" if source.startswith("amazon") else source
+def _dataset_label(data: DataConfig) -> str:
+    source, category = data.source, data.category
+    return f"{source} {category}" if source.startswith("amazon") else source
+
+
+def _tracked_name(folder: Path) -> str:
+    """A run folder as params.yaml names it: relative to the working directory that `Paths.from_params` resolved
+    it against (the project root under dvc), so no machine path is in a tracked output; absolute outside it."""
+    return (folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder).as_posix()
 
 
 def _evaluate(name: str, run: Run, table: ItemTable, dataset: CTRDataset, batch_size: int):
     """The model of `run` and its test predictions."""
-    model = load_model(model_folder(run.models_dir, name) / "model.pt", name, table)
+    model = load_model(model_file(run.models_dir, name), name, table)
     return model, predict(model, dataset, batch_size)
 
 
-def _draw_tsne(cfg, table: ItemTable, models_root: Path, path: Path) -> None:
-    name = str(cfg.analysis.tsne_model)
-    model = load_model(model_folder(models_root, name) / "model.pt", name, table)
-    items = sample_items(table.n_items, int(cfg.analysis.tsne_items), np.random.default_rng(int(cfg.analysis.seed)))
-    plot_tsne(tsne_embedding(modality_features(model, name, items), int(cfg.analysis.seed)), name, path)
+def _draw_tsne(analysis: AnalysisConfig, table: ItemTable, models_root: Path, path: Path) -> None:
+    name = analysis.tsne_model
+    model = load_model(model_file(models_root, name), name, table)
+    items = sample_items(table.n_items, analysis.tsne_items, np.random.default_rng(analysis.seed))
+    plot_tsne(tsne_embedding(modality_features(model, name, items), analysis.seed), name, path)
 
 
-def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path, figures_dir: Path) -> dict:
-    """Evaluate the runs, draw the figures into `figures_dir` and return the summary the report renders.
-
-    Reads `train.models`, `train.seed`, `train.seeds`, `train.seed_models`, `train.lambda0`, `train.num_threads`, `data.source`,
-    `data.category`, `data.max_len`, `data.time_gap_buckets`, `data.popularity_levels`, `ops.backend`,
-    `evaluate.batch_size`, `evaluate.test_negatives`, `evaluate.seed`, `train.out_dir` and the `analysis` section.
-    """
-    model_names = [check_model_name(str(name)) for name in cfg.train.models]
-    analysis, batch_size = cfg.analysis, int(cfg.evaluate.batch_size)
-    cutoffs = [int(n) for n in analysis.recall_at]
+def build_report(train: TrainConfig, data: DataConfig, evaluate: EvaluateConfig, analysis: AnalysisConfig,
+                 paths: Paths, figures_dir: Path) -> dict:
+    """Evaluate the runs under `paths.models` with the ops backend the caller entered, draw the figures into
+    `figures_dir` and return the summary the report renders."""
+    model_names, batch_size, cutoffs = train.models, evaluate.batch_size, analysis.recall_at
     check_cutoffs(cutoffs)
-    check_model_name(str(analysis.tsne_model))
-    if batch_size < 1:
-        raise ValueError(f"evaluate.batch_size must be at least 1, got {batch_size}")
-    ops.configure(cfg.ops)
-    if cfg.train.num_threads:
-        torch.set_num_threads(int(cfg.train.num_threads))
-    table = load_item_table(prepared_dir, features_dir)
-    dataset = CTRDataset(prepared_dir, "test", int(cfg.data.max_len), int(cfg.data.time_gap_buckets))
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    models_root = paths.models
+    table = load_item_table(paths.prepared, paths.features)
+    dataset = load_split(paths.prepared, "test", data)
     figures: dict[str, Path] = {}
-    if str(analysis.tsne_model) in model_names:
+    if analysis.tsne_model in model_names:
         figures["fig5_tsne"] = figures_dir / "fig5_tsne.png"
-        _draw_tsne(cfg, table, models_root, figures["fig5_tsne"])
+        _draw_tsne(analysis, table, models_root, figures["fig5_tsne"])
 
-    runs = seed_runs(cfg.train, models_root)
+    runs = seed_runs(train, models_root)
     # one rng per pool, both seeded alike, so both tables rank the same queries
-    queries = {pool: cold_start_queries(dataset, int(analysis.cold_start_queries), int(analysis.cold_start_candidates),
-                                        np.random.default_rng(int(analysis.seed)), unseen_only=pool == "unseen")
+    queries = {pool: cold_start_queries(dataset, analysis.cold_start_queries, analysis.cold_start_candidates,
+                                        np.random.default_rng(analysis.seed), unseen_only=pool == "unseen")
                for pool in ("unseen", "mixed")}
-    train_count, n_levels = train_interactions(prepared_dir), int(cfg.data.popularity_levels)
-    more_negatives = more_negatives_dataset(dataset, int(cfg.evaluate.test_negatives), int(cfg.evaluate.seed))
+    train_count, n_levels = train_interactions(paths.prepared), data.popularity_levels
+    more_negatives = more_negatives_dataset(dataset, evaluate.test_negatives, evaluate.seed)
     auc_by_seed: dict[str, dict[int, float]] = {}  # model -> seed -> user-AUC
     more_negatives_auc: dict[str, dict[int, float]] = {}
     popularity_rows: dict[str, list[list[dict]]] = {}
     ranks: dict[str, dict[str, list[np.ndarray]]] = {pool: {} for pool in queries}
-    seed_models = set(cfg.train.seed_models)
+    seed_models = set(train.seed_models)
     for name in model_names:
         for run in runs if name in seed_models else runs[:1]:  # the extra seeds were trained for seed_models only
             model, predictions = _evaluate(name, run, table, dataset, batch_size)
@@ -158,8 +158,8 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
                                                                                batch_size))
 
     lambda0_auc: dict[float, float] = {}  # every lambda0 run has seed train.seed, so the curve compares like with like
-    for run in lambda0_runs(cfg.train, analysis.lambda0_grid, models_root):
-        if run.lambda0 != float(cfg.train.lambda0):
+    for run in lambda0_runs(train, analysis.lambda0_grid, models_root):
+        if run.lambda0 != train.lambda0:
             lambda0_auc[run.lambda0] = user_auc(_evaluate(LAMBDA0_MODEL, run, table, dataset, batch_size)[1])
         elif LAMBDA0_MODEL in auc_by_seed:  # the train stage's run, evaluated above as the first seed run
             lambda0_auc[run.lambda0] = auc_by_seed[LAMBDA0_MODEL][run.seed]
@@ -172,15 +172,13 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
         figures["fig6_lambda0"] = figures_dir / "fig6_lambda0.png"
         plot_lambda0(lambda0_auc, figures["fig6_lambda0"])
     return {
-        "dataset": _dataset_label(cfg.data),
-        # the folder as params.yaml names it, whatever the working directory: no machine path in a tracked output
-        "runs": [{"seed": run.seed, "lambda0": run.lambda0,
-                  "models_dir": (Path(cfg.train.out_dir) / run.models_dir.relative_to(models_root)).as_posix()}
+        "dataset": _dataset_label(data),
+        "runs": [{"seed": run.seed, "lambda0": run.lambda0, "models_dir": _tracked_name(run.models_dir)}
                  for run in runs],
         "user_auc": {name: _spread_entry(by_seed) for name, by_seed in auc_by_seed.items()},
         "more_negatives": None if more_negatives is None else {
-            "metric": more_negatives_metric(int(cfg.evaluate.test_negatives)),
-            "test_negatives": int(cfg.evaluate.test_negatives),
+            "metric": more_negatives_metric(evaluate.test_negatives),
+            "test_negatives": evaluate.test_negatives,
             "user_auc": {name: _spread_entry(by_seed) for name, by_seed in more_negatives_auc.items()}},
         "orderings": {"metric": "user_auc", "significance_level": SIGNIFICANCE_LEVEL,
                       "table3_ladder": table3_ladder_tests(auc_by_seed), "best_baseline": best_baseline_test(auc_by_seed)},
@@ -193,14 +191,21 @@ def build_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path,
     }
 
 
-def write_report(cfg, prepared_dir: Path, features_dir: Path, models_root: Path, out_dir: Path) -> dict:
-    """Build the report into `out_dir` (`analysis.out_dir`); returns the summary written to `paper_tables.json`."""
-    paper_numbers = load_paper_numbers(resolve_path(cfg.analysis.paper_numbers)) if cfg.analysis.paper_numbers else None
-    out_dir = Path(out_dir)
+def write_report(train: TrainConfig, data: DataConfig, evaluate: EvaluateConfig, analysis: AnalysisConfig,
+                 paths: Paths) -> dict:
+    """Build the report into `paths.report`; returns the summary written to `paper_tables.json`."""
+    paper_numbers = load_paper_numbers(Path(analysis.paper_numbers)) if analysis.paper_numbers else None
+    out_dir = paths.report
     figures_dir = out_dir / FIGURES
     shutil.rmtree(figures_dir, ignore_errors=True)  # a figure of an earlier config must not outlive it
     figures_dir.mkdir(parents=True)
-    summary = build_report(cfg, Path(prepared_dir), Path(features_dir), Path(models_root), figures_dir)
-    (out_dir / "paper_tables.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "paper_tables.md").write_text(render_report(summary, paper_numbers))
+    summary = build_report(train, data, evaluate, analysis, paths, figures_dir)
+    atomic_write_text(out_dir / "paper_tables.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "paper_tables.md", render_report(summary, paper_numbers))
     return summary
+
+
+def run(config: Params, paths: Paths) -> dict:
+    """The report stage."""
+    with ops.use_backend(config.ops.backend):
+        return write_report(config.train, config.data, config.evaluate, config.analysis, paths)

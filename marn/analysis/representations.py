@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from marn.data.item_table import RESERVED_ENTRIES
+from marn.items import RESERVED_ENTRIES
 from marn.models.base import CTRModel
 from marn.nn.fusion import MultimodalAttentionFusion
 

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from marn.config import TrainConfig
+
 LAMBDA0_MODEL = "MARN"
 LAMBDA0_PREFIX = "lambda0-"
 
@@ -25,12 +27,12 @@ def seed_folder(models_root: Path, seed: int) -> Path:
     return Path(models_root) / f"seed-{seed}"
 
 
-def seed_runs(train_cfg, models_root: Path) -> list[Run]:
+def seed_runs(train: TrainConfig, models_root: Path) -> list[Run]:
     """The train stage's run, then one run per distinct seed of `train.seeds` other than `train.seed`
     (a run with `train.seed` again would only repeat the train stage's run)."""
-    main_seed, main_lambda0 = int(train_cfg.seed), float(train_cfg.lambda0)
+    main_seed, main_lambda0 = train.seed, train.lambda0
     runs = [Run(Path(models_root), main_seed, main_lambda0)]
-    for seed in dict.fromkeys(int(s) for s in train_cfg.seeds):
+    for seed in dict.fromkeys(train.seeds):
         if seed != main_seed:
             runs.append(Run(seed_folder(models_root, seed), seed, main_lambda0))
     return runs
@@ -51,12 +53,12 @@ def lambda0_folder(models_root: Path, value: float) -> Path:
                             "run the lambda0 stage (dvc repro) first")
 
 
-def lambda0_runs(train_cfg, grid, models_root: Path) -> list[Run]:
+def lambda0_runs(train: TrainConfig, grid: list[float], models_root: Path) -> list[Run]:
     """The train stage's run at `train.lambda0`, then one run per other value of `analysis.lambda0_grid`,
     in increasing lambda0."""
-    main_seed, main_lambda0 = int(train_cfg.seed), float(train_cfg.lambda0)
+    main_seed, main_lambda0 = train.seed, train.lambda0
     runs = {main_lambda0: Run(Path(models_root), main_seed, main_lambda0)}
-    for value in (float(v) for v in grid):
+    for value in grid:
         if value < 0:
             raise ValueError(f"analysis.lambda0_grid holds {value}; lambda0 must be 0 or more")
         if value not in runs:

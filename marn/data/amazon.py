@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 
@@ -127,31 +127,50 @@ def _review_time(record: dict) -> int | None:
 
 
 def read_reviews(path: Path, skips: SkipLog, max_bad_share: float = 0.5) -> Reviews:
-    users, asins, times, ratings, lines = [], [], [], [], []
-    for line_no, record in _records(path, skips, max_bad_share):
-        where = f"{path.name}:{line_no}"
+    def reviewer_and_item(record: dict) -> tuple[str, str] | None:
         user, asin = record.get("reviewerID"), record.get("asin")
         if not isinstance(user, str) or not user or not isinstance(asin, str) or not asin:
+            return None
+        return user, asin
+
+    return review_records(path, skips, max_bad_share, reviewer_and_item, lambda record, where: _review_time(record),
+                          "overall")
+
+
+def review_records(path: Path, skips: SkipLog, max_bad_share: float,
+                   reviewer_and_item: Callable[[dict], tuple[str, str] | None],
+                   review_time: Callable[[dict, str], int | None], rating_key: str) -> Reviews:
+    """The reviews of a JSON-lines review file, whose releases differ in where the reviewer, item, time and rating
+    are: a record without reviewer or item, or without a time, is skipped and counted."""
+    users, items, times, ratings, lines = [], [], [], [], []
+    for line_no, record in _records(path, skips, max_bad_share):
+        where = f"{path.name}:{line_no}"
+        reviewer = reviewer_and_item(record)
+        if reviewer is None:
             skips.add("missing_field", where)
             continue
-        time = _review_time(record)
+        time = review_time(record, where)
         if time is None:
             skips.add("missing_timestamp", where)
             continue
-        rating = record.get("overall")
-        if not isinstance(rating, (int, float)) or isinstance(rating, bool) or not math.isfinite(rating):
-            rating = math.nan
-        elif not 0 <= rating <= 5:
-            skips.add("rating_out_of_range", where)
-            rating = math.nan
-        users.append(user)
-        asins.append(asin)
+        users.append(reviewer[0])
+        items.append(reviewer[1])
         times.append(time)
-        ratings.append(float(rating))
+        ratings.append(_rating(record.get(rating_key), skips, where))
         lines.append(line_no)
-    return Reviews(np.array(users, dtype=object), np.array(asins, dtype=object),
+    return Reviews(np.array(users, dtype=object), np.array(items, dtype=object),
                    np.array(times, dtype=np.int64), np.array(ratings, dtype=np.float64),
                    np.array(lines, dtype=np.int64))
+
+
+def _rating(value, skips: SkipLog, where: str) -> float:
+    """A review's rating in [0, 5]; NaN where there is none, and where it is out of range (counted)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return math.nan
+    if not 0 <= value <= 5:
+        skips.add("rating_out_of_range", where)
+        return math.nan
+    return float(value)
 
 
 @dataclass
@@ -217,25 +236,40 @@ def _sales_rank(record: dict) -> float:
     return _number(rank)
 
 
+def is_new_wanted_item(item: str | None, wanted_items: set[str], items: dict[str, ItemMeta], skips: SkipLog,
+                       where: str) -> bool:
+    """Whether a catalogue record of `item` is to be read: it names an item, a reviewed one, not seen before.
+    A record without an item and a repeated one are counted."""
+    if not item:
+        skips.add("meta_missing_asin", where)
+        return False
+    if item not in wanted_items:
+        return False
+    if item in items:
+        skips.add("duplicate_meta", where)
+        return False
+    return True
+
+
+def checked_statistics(stats: dict[str, float], skips: SkipLog, where: str) -> dict[str, float]:
+    """`stats` with each negative or non-finite value counted and made missing (NaN)."""
+    for name, value in stats.items():
+        if not math.isnan(value) and (not math.isfinite(value) or value < 0):
+            skips.add(f"bad_{name}", where)
+            stats[name] = math.nan
+    return stats
+
+
 def read_meta(path: Path, wanted_asins: set[str], skips: SkipLog, max_bad_share: float = 0.5) -> dict[str, ItemMeta]:
     """Metadata of the reviewed items, keyed by asin; negative or non-finite statistics become missing."""
     items: dict[str, ItemMeta] = {}
     for line_no, record in _records(path, skips, max_bad_share, wanted_asins):
         where = f"{path.name}:{line_no}"
         asin = record.get("asin")
-        if not isinstance(asin, str) or not asin:
-            skips.add("meta_missing_asin", where)
+        if not is_new_wanted_item(asin if isinstance(asin, str) else None, wanted_asins, items, skips, where):
             continue
-        if asin not in wanted_asins:
-            continue
-        if asin in items:
-            skips.add("duplicate_meta", where)
-            continue
-        stats = {"price": _number(record.get("price")), "sales_rank": _sales_rank(record)}
-        for name, value in stats.items():
-            if not math.isnan(value) and (not math.isfinite(value) or value < 0):
-                skips.add(f"bad_{name}", where)
-                stats[name] = math.nan
+        stats = checked_statistics({"price": _number(record.get("price")), "sales_rank": _sales_rank(record)},
+                                   skips, where)
         title = record.get("title")
         brand = record.get("brand")
         items[asin] = ItemMeta(

@@ -10,12 +10,11 @@ catalogue's statistics. Bad lines are counted in the `SkipLog` like the 2014/201
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
-
-from marn.data.amazon import ItemMeta, Reviews, SkipLog, _number, _records
+from marn.data.amazon import (
+    ItemMeta, Reviews, SkipLog, _number, _records, checked_statistics, is_new_wanted_item, review_records,
+)
 from marn.data.timestamps import UnitTracker
 
 META_STATISTICS = ("average_rating", "rating_number", "price")
@@ -32,31 +31,16 @@ def _item_of(record: dict) -> str | None:
 
 def read_reviews(path: Path, skips: SkipLog, max_bad_share: float = 0.5) -> Reviews:
     """Reviews of a 2023 review file, times in unix seconds (the file's milliseconds divided by 1000)."""
-    users, items, times, ratings, lines = [], [], [], [], []
     units = UnitTracker(skips)
-    for line_no, record in _records(path, skips, max_bad_share):
-        where = f"{path.name}:{line_no}"
+
+    def reviewer_and_item(record: dict) -> tuple[str, str] | None:
         user, item = record.get("user_id"), _item_of(record)
         if not isinstance(user, str) or not user.strip() or item is None:
-            skips.add("missing_field", where)
-            continue
-        time = units.seconds(record.get("timestamp"), where)
-        if time is None:
-            skips.add("missing_timestamp", where)
-            continue
-        rating = record.get("rating")
-        if not isinstance(rating, (int, float)) or isinstance(rating, bool) or not math.isfinite(rating):
-            rating = math.nan
-        elif not 0 <= rating <= 5:
-            skips.add("rating_out_of_range", where)
-            rating = math.nan
-        users.append(user.strip())
-        items.append(item)
-        times.append(time)
-        ratings.append(float(rating))
-        lines.append(line_no)
-    return Reviews(np.array(users, dtype=object), np.array(items, dtype=object), np.array(times, dtype=np.int64),
-                   np.array(ratings, dtype=np.float64), np.array(lines, dtype=np.int64))
+            return None
+        return user.strip(), item
+
+    return review_records(path, skips, max_bad_share, reviewer_and_item,
+                          lambda record, where: units.seconds(record.get("timestamp"), where), "rating")
 
 
 def _image_url(images) -> str:
@@ -86,19 +70,9 @@ def read_meta(path: Path, wanted_items: set[str], skips: SkipLog, max_bad_share:
     for line_no, record in _records(path, skips, max_bad_share):
         where = f"{path.name}:{line_no}"
         item = _item_of(record)
-        if item is None:
-            skips.add("meta_missing_asin", where)
+        if not is_new_wanted_item(item, wanted_items, items, skips, where):
             continue
-        if item not in wanted_items:
-            continue
-        if item in items:
-            skips.add("duplicate_meta", where)
-            continue
-        stats = {name: _number(record.get(name)) for name in META_STATISTICS}
-        for name, value in stats.items():
-            if not math.isnan(value) and (not math.isfinite(value) or value < 0):
-                skips.add(f"bad_{name}", where)
-                stats[name] = math.nan
+        stats = checked_statistics({name: _number(record.get(name)) for name in META_STATISTICS}, skips, where)
         title, store = record.get("title"), record.get("store")
         items[item] = ItemMeta(
             asin=item,

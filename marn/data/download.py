@@ -7,7 +7,6 @@ connection, and lands on `dest` by an atomic rename only once its size and check
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tqdm.auto import tqdm
+
+from marn.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,6 @@ class DownloadResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def part_path(dest: Path) -> Path:

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from marn.config import ConfigError
+from marn.config import DATA_SOURCES, ConfigError, DataConfig, Params, Paths
 from marn.data.amazon import open_text, parse_record
-from marn.data.download import download, file_sha256
+from marn.data.download import download
+from marn.files import atomic_write_text, file_sha256
 
 FETCH_RECORD = "fetch.json"
 SYNTHETIC_NAME = "Synthetic"
@@ -55,14 +53,13 @@ AMAZON_RELEASES = {
         base_url="https://snap.stanford.edu/data/amazon/productGraph/categoryFiles",
         reviews_path="reviews_{category}_5.json.gz",
         meta_path="meta_{category}.json.gz",
-        categories=(
-            "Books", "Electronics", "Movies_and_TV", "CDs_and_Vinyl", "Clothing_Shoes_and_Jewelry",
-            "Home_and_Kitchen", "Kindle_Store", "Sports_and_Outdoors", "Cell_Phones_and_Accessories",
-            "Health_and_Personal_Care", "Toys_and_Games", "Video_Games", "Tools_and_Home_Improvement",
-            "Beauty", "Apps_for_Android", "Office_Products", "Pet_Supplies", "Automotive",
-            "Grocery_and_Gourmet_Food", "Patio_Lawn_and_Garden", "Baby", "Digital_Music",
-            "Musical_Instruments", "Amazon_Instant_Video",
-        ),
+        categories=tuple("""
+            Books Electronics Movies_and_TV CDs_and_Vinyl Clothing_Shoes_and_Jewelry Home_and_Kitchen
+            Kindle_Store Sports_and_Outdoors Cell_Phones_and_Accessories Health_and_Personal_Care
+            Toys_and_Games Video_Games Tools_and_Home_Improvement Beauty Apps_for_Android Office_Products
+            Pet_Supplies Automotive Grocery_and_Gourmet_Food Patio_Lawn_and_Garden Baby Digital_Music
+            Musical_Instruments Amazon_Instant_Video
+        """.split()),
     ),
     # The 2018 release (nijianmo.github.io/amazon); the same tree is also served under
     # https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2 (set data.base_url to use it).
@@ -70,15 +67,14 @@ AMAZON_RELEASES = {
         base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2",
         reviews_path="categoryFilesSmall/{category}_5.json.gz",
         meta_path="metaFiles2/meta_{category}.json.gz",
-        categories=(
-            "AMAZON_FASHION", "All_Beauty", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Books",
-            "CDs_and_Vinyl", "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music",
-            "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food", "Home_and_Kitchen",
-            "Industrial_and_Scientific", "Kindle_Store", "Luxury_Beauty", "Magazine_Subscriptions",
-            "Movies_and_TV", "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden",
-            "Pet_Supplies", "Prime_Pantry", "Software", "Sports_and_Outdoors", "Tools_and_Home_Improvement",
-            "Toys_and_Games", "Video_Games",
-        ),
+        categories=tuple("""
+            AMAZON_FASHION All_Beauty Appliances Arts_Crafts_and_Sewing Automotive Books CDs_and_Vinyl
+            Cell_Phones_and_Accessories Clothing_Shoes_and_Jewelry Digital_Music Electronics Gift_Cards
+            Grocery_and_Gourmet_Food Home_and_Kitchen Industrial_and_Scientific Kindle_Store Luxury_Beauty
+            Magazine_Subscriptions Movies_and_TV Musical_Instruments Office_Products Patio_Lawn_and_Garden
+            Pet_Supplies Prime_Pantry Software Sports_and_Outdoors Tools_and_Home_Improvement Toys_and_Games
+            Video_Games
+        """.split()),
     ),
     # The 2023 release (amazon-reviews-2023.github.io): all reviews per category (no 5-core files; set
     # data.min_interactions: 5 for the papers' 5-core subsets). Also served under
@@ -87,22 +83,26 @@ AMAZON_RELEASES = {
         base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_2023/raw",
         reviews_path="review_categories/{category}.jsonl.gz",
         meta_path="meta_categories/meta_{category}.jsonl.gz",
-        categories=(
-            "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",
-            "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories",
-            "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food",
-            "Handmade_Products", "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
-            "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV",
-            "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Software",
-            "Sports_and_Outdoors", "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games",
-            "Video_Games", "Unknown",
-        ),
+        categories=tuple("""
+            All_Beauty Amazon_Fashion Appliances Arts_Crafts_and_Sewing Automotive Baby_Products
+            Beauty_and_Personal_Care Books CDs_and_Vinyl Cell_Phones_and_Accessories Clothing_Shoes_and_Jewelry
+            Digital_Music Electronics Gift_Cards Grocery_and_Gourmet_Food Handmade_Products
+            Health_and_Household Health_and_Personal_Care Home_and_Kitchen Industrial_and_Scientific
+            Kindle_Store Magazine_Subscriptions Movies_and_TV Musical_Instruments Office_Products
+            Patio_Lawn_and_Garden Pet_Supplies Software Sports_and_Outdoors Subscription_Boxes
+            Tools_and_Home_Improvement Toys_and_Games Video_Games Unknown
+        """.split()),
     ),
 }
 
 
-def fetch(cfg: Any, raw_dir: Path) -> dict:
-    """Fetch the dataset `cfg` (the `data` section: a DictConfig or `DataConfig`) describes into `raw_dir`.
+def run(config: Params, paths: Paths) -> dict:
+    """Stage `fetch`: the raw files of `data.source` into `paths.raw`."""
+    return fetch(config.data, paths.raw)
+
+
+def fetch(data: DataConfig, raw_dir: Path) -> dict:
+    """Fetch the dataset `data.source` names into `raw_dir`, with the `data` keys that source needs.
 
     Returns the summary that is also written to `raw_dir/fetch.json`: source, category, per role
     (reviews, meta) the file's name, size and sha256, the urls, the detected meta schema. No timings or
@@ -113,19 +113,19 @@ def fetch(cfg: Any, raw_dir: Path) -> dict:
         "amazon2014": _fetch_amazon,
         "amazon2018": _fetch_amazon,
         "amazon2023": _fetch_amazon,
-        "files": _fetch_files,
-        "interactions": _fetch_interactions,
+        "files": _fetch_given_files,
+        "interactions": _fetch_given_files,
     }
-    if cfg.source not in fetchers:
-        raise ConfigError(f"data.source: unknown source {cfg.source!r}; valid sources: {', '.join(fetchers)}")
+    if data.source not in fetchers:
+        raise ConfigError(f"data.source: unknown source {data.source!r}; valid sources: {', '.join(fetchers)}")
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    summary = fetchers[cfg.source](cfg, raw_dir)
+    summary = fetchers[data.source](data, raw_dir)
     meta = summary["files"].get("meta")  # an interactions source may have no item table, and no meta schema
     summary["meta_schema"] = detect_meta_schema(raw_dir / meta["name"]) if meta else None
     _remove_stale_files(raw_dir, summary)
     record = json.loads(json.dumps(summary, default=_to_plain))  # callers get exactly what fetch.json holds
-    _write_json_atomically(raw_dir / FETCH_RECORD, record)
+    atomic_write_text(raw_dir / FETCH_RECORD, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -152,17 +152,15 @@ def fetched_files(raw_dir: Path) -> dict[str, Path]:
     return {role: Path(raw_dir) / entry["name"] for role, entry in summary["files"].items()}
 
 
-
 def fetched_origins(raw_dir: Path) -> dict[str, str]:
     """Each fetched file by role as the user named it: `data.<role>=<value>` for files they gave, the URL of a
     release file, or the file's name for generated data. Error messages name these, not the copies in raw_dir."""
-    from marn.config import DATA_SOURCES
-
     summary = json.loads((Path(raw_dir) / FETCH_RECORD).read_text())
     urls = summary.get("urls") or {}
     given = bool(DATA_SOURCES.get(summary["source"]))  # sources whose files are data.* values
     return {role: (f"data.{role}={urls[role]}" if given else urls[role]) if role in urls else entry["name"]
             for role, entry in summary["files"].items()}
+
 
 def detect_meta_schema(path: Path) -> str:
     """Which release's layout a metadata file (.json or .json.gz) follows, from its first non-empty line.
@@ -202,10 +200,10 @@ def _first_non_empty_line(path: Path) -> str:
     raise ValueError(f"{path}: no non-empty line, cannot detect the meta schema")
 
 
-def _fetch_synthetic(cfg: Any, raw_dir: Path) -> dict:
+def _fetch_synthetic(data: DataConfig, raw_dir: Path) -> dict:
     from marn.data.synthetic import generate  # the generator pulls in imaging libraries only this source needs
 
-    generated = generate(raw_dir, cfg.synthetic, seed=cfg.seed, name=SYNTHETIC_NAME)
+    generated = generate(raw_dir, data.synthetic, seed=data.seed, name=SYNTHETIC_NAME)
     names = {
         "reviews": f"reviews_{SYNTHETIC_NAME}.json.gz",
         "meta": f"meta_{SYNTHETIC_NAME}.json.gz",
@@ -221,39 +219,37 @@ def _fetch_synthetic(cfg: Any, raw_dir: Path) -> dict:
     }
 
 
-def _fetch_amazon(cfg: Any, raw_dir: Path) -> dict:
-    urls = amazon_urls(cfg.source, cfg.category, cfg.base_url)
+def _fetch_amazon(data: DataConfig, raw_dir: Path) -> dict:
+    urls = amazon_urls(data.source, data.category, data.base_url)
     return {
-        "source": cfg.source,
-        "category": cfg.category,
+        "source": data.source,
+        "category": data.category,
         "files": {role: _describe(download(url, raw_dir / _base_name(url))) for role, url in urls.items()},
         "urls": urls,
     }
 
 
-def _fetch_files(cfg: Any, raw_dir: Path) -> dict:
-    return _fetch_given_files(cfg, raw_dir, required=("reviews", "meta"), optional=())
+# The optional files of each source of given files; DATA_SOURCES names the required ones.
+OPTIONAL_FILES = {"files": (), "interactions": ("items",)}
 
 
-def _fetch_interactions(cfg: Any, raw_dir: Path) -> dict:
-    return _fetch_given_files(cfg, raw_dir, required=("interactions",), optional=("items",))
-
-
-def _fetch_given_files(cfg: Any, raw_dir: Path, required: tuple[str, ...], optional: tuple[str, ...]) -> dict:
-    """Download the files `data.<role>` names: every role of `required`, and those of `optional` that are set."""
+def _fetch_given_files(data: DataConfig, raw_dir: Path) -> dict:
+    """Download the files `data.<role>` names: every role the source requires, and its optional ones that are set."""
+    required = DATA_SOURCES[data.source]
     urls = {}
-    for role in required + optional:
-        value = cfg[role] if isinstance(cfg, DictConfig) else getattr(cfg, role, None)  # DictConfig.items is a method
+    for role in required + OPTIONAL_FILES[data.source]:
+        value = getattr(data, role)
         if not value and role in required:
-            raise ConfigError(f"data.source={cfg.source} needs data.{role}: a local path or a file:// / http(s):// URL")
+            raise ConfigError(f"data.source={data.source} needs data.{role}: a local path or a file:// / "
+                              "http(s):// URL")
         if value:
-            urls[role] = str(value)
+            urls[role] = value
     names = {role: _base_name(url) for role, url in urls.items()}
     if len(set(names.values())) < len(names):
         first, second = list(names)[:2]
         raise ConfigError(f"data.{first} and data.{second} have the same file name {names[second]!r}; rename one")
     return {
-        "source": cfg.source,
+        "source": data.source,
         "category": None,
         "files": {role: _describe(download(urls[role], raw_dir / names[role])) for role in urls},
         "urls": urls,
@@ -299,8 +295,3 @@ def _to_plain(value: Any) -> Any:
     """numpy values in the generator's summary become plain numbers and lists, anything else its text."""
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from marn.data.amazon import DataFileError, ItemMeta, Reviews, SkipLog, open_text
+from marn.config import ColumnsConfig
+from marn.data.amazon import DataFileError, ItemMeta, Reviews, SkipLog, is_new_wanted_item, open_text
 from marn.data.timestamps import UnitTracker
 
 INTERACTION_ROLES = ("user", "item", "timestamp", "rating", "type")
 ITEM_ROLES = ("item", "title", "category", "brand", "image")
-COLUMN_ROLES = tuple(dict.fromkeys(INTERACTION_ROLES + ITEM_ROLES))
 # Recognised column names per role, compared lower-cased and without a RecBole type suffix.
 KNOWN_COLUMNS = {
     "user": ("user_id", "user", "userid", "uid", "reviewerid", "visitorid", "customer_id"),
@@ -96,17 +96,17 @@ def _rows(path: Path) -> tuple[list[Column], Iterator[tuple[int, str, list]]]:
     return columns, text_rows()
 
 
-def _find_columns(path: Path, columns: list[Column], roles: tuple[str, ...], mapping: Mapping[str, str],
+def _find_columns(path: Path, columns: list[Column], roles: tuple[str, ...], named: ColumnsConfig,
                   required: tuple[str, ...]) -> dict[str, Column]:
-    """The column of each role: the one `mapping` names, else the first recognised name."""
+    """The column of each role: the one `named` (data.columns) names, else the first recognised name."""
     by_name = {column.name: column for column in columns}
     by_lower = {}
     for column in columns:
         by_lower.setdefault(column.name.lower(), column)
     found = {}
     for role in roles:
-        if role in mapping and mapping[role]:
-            name = str(mapping[role])
+        name = getattr(named, role)
+        if name:
             if name not in by_name:
                 raise DataFileError(f"{path}: line 1: data.columns.{role} is {name!r}, but the header has "
                                     f"{[c.name for c in columns]}")
@@ -167,7 +167,7 @@ def _type_order(names: set[str]) -> list[str]:
     return sorted(names)
 
 
-def read_interactions(path: Path, columns: Mapping[str, str], skips: SkipLog,
+def read_interactions(path: Path, columns: ColumnsConfig, skips: SkipLog,
                       max_bad_share: float = 0.5) -> Reviews:
     """The interactions of a table as `Reviews`; behaviour types from its type column, when it has one."""
     header, rows = _rows(path)
@@ -219,7 +219,7 @@ def _first_piece(text: str, recbole_type: str | None) -> str:
     return text.strip("[]'\" ")
 
 
-def read_items(path: Path, wanted_items: set[str], columns: Mapping[str, str], skips: SkipLog,
+def read_items(path: Path, wanted_items: set[str], columns: ColumnsConfig, skips: SkipLog,
                max_bad_share: float = 0.5, reserved_statistics: tuple[str, ...] = ()
                ) -> tuple[dict[str, ItemMeta], tuple[str, ...]]:
     """Items of an item table, keyed by item id, and the names of its numeric columns (the statistics).
@@ -246,13 +246,7 @@ def read_items(path: Path, wanted_items: set[str], columns: Mapping[str, str], s
     items: dict[str, ItemMeta] = {}
     for where, values in records:
         item = cell(values, "item")
-        if not item:
-            skips.add("meta_missing_asin", where)
-            continue
-        if item not in wanted_items:
-            continue
-        if item in items:
-            skips.add("duplicate_meta", where)
+        if not is_new_wanted_item(item, wanted_items, items, skips, where):
             continue
         stats = {}
         for name, column in zip(names, statistic_columns):

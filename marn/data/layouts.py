@@ -7,10 +7,10 @@ and "table" (CSV, TSV or parquet with a header: plain logs, RecBole atomic files
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from marn.config import ColumnsConfig
 from marn.data import amazon, amazon2023, interactions
 from marn.data.amazon import DataFileError, ItemMeta, Reviews, SkipLog, open_text, parse_record
 
@@ -52,7 +52,7 @@ def detect_layout(path: Path) -> str:
     return "amazon"
 
 
-def read_dataset(reviews_path: Path, meta_path: Path | None, columns: Mapping[str, str], skips: SkipLog,
+def read_dataset(reviews_path: Path, meta_path: Path | None, columns: ColumnsConfig, skips: SkipLog,
                  max_bad_share: float) -> RawDataset:
     """The interactions of `reviews_path` and the catalogue of `meta_path` (None: items known by id only)."""
     layout = detect_layout(reviews_path)

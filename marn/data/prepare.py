@@ -8,52 +8,28 @@ item first seen in a test target is cold: it is in no train sample at all.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from marn.data.amazon import SkipLog
+from marn.config import DataConfig, Params, Paths
+from marn.data.amazon import ItemMeta, SkipLog
 from marn.data.fetch import fetched_files, fetched_origins
-from marn.data.layouts import INTERACTION_STATISTICS, missing_modalities, read_dataset
+from marn.data.formats import RESERVED_NAMES, SAMPLE_DTYPE, Sequences, StatBoundaries, Vocab, write_prepared
+from marn.data.layouts import INTERACTION_STATISTICS, RawDataset, missing_modalities, read_dataset
 from marn.data.text import tokenize
-
-PAD, OOV = 0, 1
-RESERVED = ("<pad>", "<oov>")
-SAMPLE_DTYPE = np.dtype([("user", np.int32), ("pos", np.int32), ("item", np.int32), ("label", np.int8)])
-
-
-@dataclass
-class PrepareOptions:
-    seed: int = 42
-    stat_granularities: tuple[int, ...] = (10, 100)
-    popularity_levels: int = 10
-    max_bad_line_share: float = 0.5
-    min_interactions: int = 0  # k-core: drop users and items with fewer interactions, until none is left
-    columns: dict[str, str] = field(default_factory=dict)  # table column of each role (user, item, ...)
-
-    @classmethod
-    def from_config(cls, data_cfg) -> "PrepareOptions":
-        return cls(seed=int(data_cfg.seed), stat_granularities=tuple(int(g) for g in data_cfg.stat_granularities),
-                   popularity_levels=int(data_cfg.popularity_levels),
-                   max_bad_line_share=float(data_cfg.max_bad_line_share),
-                   min_interactions=int(getattr(data_cfg, "min_interactions", 0)),
-                   columns={role: str(name) for role, name in dict(getattr(data_cfg, "columns", None) or {}).items()
-                            if name})
+from marn.items import OOV, PAD, RESERVED_ENTRIES
 
 
 def _vocabulary(values: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Sorted vocabulary with the reserved entries first; empty strings map to out-of-vocabulary."""
     present = sorted({v for v in values if v})
-    index = {v: i + len(RESERVED) for i, v in enumerate(present)}
-    return list(RESERVED) + present, np.array([index.get(v, OOV) for v in values], dtype=np.int32)
+    index = {v: i + RESERVED_ENTRIES for i, v in enumerate(present)}
+    return list(RESERVED_NAMES) + present, np.array([index.get(v, OOV) for v in values], dtype=np.int32)
 
 
 def equal_frequency_boundaries(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -106,149 +82,217 @@ def k_core(users: np.ndarray, items: np.ndarray, keep: np.ndarray, k: int) -> np
         keep = narrowed
 
 
-def _atomic_dir_swap(tmp_dir: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, out_dir)
+def run(config: Params, paths: Paths) -> dict:
+    """Stage `prepare`: the raw files `fetch` put in `paths.raw` → the prepared folder `paths.prepared`."""
+    return prepare(config.data, paths.raw, paths.prepared)
 
 
-def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path: Path | None = None,
+@dataclass(frozen=True)
+class Behaviours:
+    """The kept behaviours, one per user-item pair, ordered by (user, time, item, line):
+    user u's are rows offsets[u] .. offsets[u+1]-1 and `position` counts from 0 within a user."""
+
+    user: np.ndarray  # user index
+    item: np.ndarray  # item index
+    time: np.ndarray  # unix seconds
+    rating: np.ndarray  # NaN where there is none
+    type: np.ndarray  # behaviour type, 0 where the data has none
+    touched: np.ndarray  # sorted user * n_items + item of every pair
+    counts: np.ndarray  # [n_users] behaviours per user
+    offsets: np.ndarray  # [n_users + 1] int64
+    position: np.ndarray
+
+    @property
+    def sequence_length(self) -> np.ndarray:
+        """Each behaviour's user's number of behaviours."""
+        return self.counts[self.user]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The item table and the vocabularies it indexes."""
+
+    table: pa.Table
+    categories: list[str]
+    brands: list[str]
+    cold: np.ndarray  # [n_items] bool: no training interaction (the reserved entries are not cold)
+
+
+def prepare(data: DataConfig, raw_dir: Path, out_dir: Path, *, reviews_path: Path | None = None,
             meta_path: Path | None = None, progress: bool = True) -> dict:
-    """Prepare one dataset; returns the report also written to `out_dir/report.json`."""
+    """Prepare one dataset from the files `fetch` put in `raw_dir` (or `reviews_path` and `meta_path`) into
+    `out_dir`; returns the report also written to `out_dir/report.json`."""
     started = time.time()
     fetched = reviews_path is None
     if fetched:  # interactions (reviews) and, where there is one, the catalogue (meta) fetch brought
         files = fetched_files(Path(raw_dir))
         reviews_path, meta_path = files.get("reviews", files.get("interactions")), files.get("meta", files.get("items"))
+    reviews_path, meta_path = Path(reviews_path), meta_path and Path(meta_path)
     skips = SkipLog()
     say = print if progress else (lambda *a, **k: None)
 
     say(f"prepare: reading {reviews_path} and {meta_path or 'no item table'}")
-    raw = read_dataset(Path(reviews_path), meta_path and Path(meta_path), options.columns, skips,
-                       options.max_bad_line_share)
-    reviews, meta = raw.reviews, raw.meta
-    say(f"prepare: {len(reviews.users):,} interactions and {len(meta):,} of their items read")
+    raw = read_dataset(reviews_path, meta_path, data.columns, skips, data.max_bad_line_share)
+    say(f"prepare: {len(raw.reviews.users):,} interactions and {len(raw.meta):,} of their items read")
 
+    def origins() -> dict[str, str]:
+        return fetched_origins(Path(raw_dir)) if fetched else {"reviews": str(reviews_path), "meta": str(meta_path)}
+
+    known, meta = _kept_interactions(raw, reviews_path.name, data.min_interactions, skips, origins)
+    user_names, user_index = _vocabulary(np.where(known, raw.reviews.users, ""))
+    item_ids = sorted(meta)
+    item_of_id = {item_id: index + RESERVED_ENTRIES for index, item_id in enumerate(item_ids)}
+    item_index = np.fromiter((item_of_id.get(a, PAD) for a in raw.reviews.asins), dtype=np.int64,
+                             count=len(raw.reviews.asins))
+    n_users, n_items = len(user_names), RESERVED_ENTRIES + len(item_ids)
+    behaviours = _behaviours(raw, known, user_index, item_index, n_users, n_items, skips, reviews_path.name)
+
+    # Train interactions: every behaviour but each user's last, for users with at least two.
+    is_test_target = (behaviours.position == behaviours.sequence_length - 1) & (behaviours.sequence_length >= 2)
+    in_train = (behaviours.sequence_length >= 2) & ~is_test_target
+    train_count = np.bincount(behaviours.item[in_train], minlength=n_items)
+    train, test = _samples(behaviours, in_train, is_test_target, train_count, n_items, data.seed, skips)
+
+    metas = [None] * RESERVED_ENTRIES + [meta[item_id] for item_id in item_ids]
+    statistic_names = INTERACTION_STATISTICS + raw.meta_statistics
+    statistics = _item_statistics(behaviours, in_train, train_count, metas, raw.meta_statistics, n_items)
+    stat_boundaries = StatBoundaries(statistic_names, tuple(data.stat_granularities), tuple(
+        np.stack([equal_frequency_boundaries(statistics[RESERVED_ENTRIES:, k], granularity)
+                  for k in range(len(statistic_names))])
+        for granularity in data.stat_granularities))
+    catalogue = _catalogue(list(RESERVED_NAMES) + item_ids, metas, statistic_names, statistics, train_count,
+                           data.popularity_levels)
+
+    report = _report(data, raw, reviews_path, meta_path, behaviours, meta, train, test, catalogue, skips)
+    vocab = Vocab(users=user_names, categories=catalogue.categories, brands=catalogue.brands,
+                  behaviour_types=list(raw.reviews.type_names) if raw.reviews.type_names else None)
+    write_prepared(Path(out_dir), items=catalogue.table, stat_boundaries=stat_boundaries,
+                   sequences=Sequences(behaviours.offsets, behaviours.item, behaviours.time, behaviours.type),
+                   samples={"train": train, "test": test}, vocab=vocab, report=report)
+    report["seconds"] = round(time.time() - started, 2)  # for the console and the run's artifact, not the file
+    say(f"prepare: {report['users']:,} users, {report['items']:,} items, {report['train_samples']:,} train / "
+        f"{report['test_samples']:,} test samples, skipped {report['skipped']} in {report['seconds']} s")
+    return report
+
+
+def _kept_interactions(raw: RawDataset, reviews_name: str, min_interactions: int, skips: SkipLog,
+                       origins) -> tuple[np.ndarray, dict[str, ItemMeta]]:
+    """Which interactions are kept (their item is in the catalogue, and in the k-core when one is asked for),
+    and the catalogue of the items kept. `origins()` names the input files for an error message."""
+    reviews, meta = raw.reviews, raw.meta
     known = np.fromiter((a in meta for a in reviews.asins), dtype=bool, count=len(reviews.asins))
     for line_no in reviews.lines[~known]:
-        skips.add("unknown_item", f"{reviews_path.name}:{line_no}")
+        skips.add("unknown_item", f"{reviews_name}:{line_no}")
     if len(reviews.asins) and not known.any():
-        named = fetched_origins(Path(raw_dir)) if fetched else {"reviews": str(reviews_path), "meta": str(meta_path)}
+        named = origins()
         raise ValueError(f"none of the {len(set(reviews.asins.tolist())):,} items of "
                          f"{named.get('reviews', named.get('interactions'))} is in "
                          f"{named.get('meta', named.get('items'))}: are both files of the same dataset?")
-    if options.min_interactions > 1:
-        in_core = k_core(reviews.users, reviews.asins, known, options.min_interactions)
+    if min_interactions > 1:
+        in_core = k_core(reviews.users, reviews.asins, known, min_interactions)
         outside = int(known.sum() - in_core.sum())
         if outside:
-            skips.add(f"outside_{options.min_interactions}_core", f"{outside} interactions", n=outside)
+            skips.add(f"outside_{min_interactions}_core", f"{outside} interactions", n=outside)
         known = in_core
         meta = {a: meta[a] for a in set(reviews.asins[known].tolist())}
-    user_vocab, user_idx = _vocabulary(np.where(known, reviews.users, ""))
-    asins_sorted = sorted(meta)
-    item_vocab = list(RESERVED) + asins_sorted
-    item_of_asin = {a: i + len(RESERVED) for i, a in enumerate(asins_sorted)}
-    item_idx = np.fromiter((item_of_asin.get(a, PAD) for a in reviews.asins), dtype=np.int64,
-                           count=len(reviews.asins))
-    n_items = len(item_vocab)
+    return known, meta
 
+
+def _behaviours(raw: RawDataset, known: np.ndarray, user_index: np.ndarray, item_index: np.ndarray, n_users: int,
+                n_items: int, skips: SkipLog, reviews_name: str) -> Behaviours:
+    """The kept interactions in sequence order, the first of each user-item pair only."""
+    reviews = raw.reviews
     # Order by (user, time, item, line) so ties in time resolve the same way on every run.
-    order = np.lexsort((reviews.lines, item_idx, reviews.times, user_idx))
+    order = np.lexsort((reviews.lines, item_index, reviews.times, user_index))
     order = order[known[order]]
     types = reviews.types if reviews.types is not None else np.zeros(len(reviews.users), dtype=np.int8)
-    u, it, t, rating, line, ty = (user_idx[order], item_idx[order], reviews.times[order],
-                                  reviews.ratings[order], reviews.lines[order], types[order])
-    pair_keys = u.astype(np.int64) * n_items + it
+    user, item = user_index[order], item_index[order]
+    pair_keys = user.astype(np.int64) * n_items + item
     touched, first_index = np.unique(pair_keys, return_index=True)
-    first_of_pair = np.zeros(len(u), dtype=bool)
+    first_of_pair = np.zeros(len(user), dtype=bool)
     first_of_pair[first_index] = True
-    for line_no in line[~first_of_pair]:
-        skips.add("duplicate_review", f"{reviews_path.name}:{line_no}")
-    u, it, t, rating, ty = (u[first_of_pair], it[first_of_pair], t[first_of_pair], rating[first_of_pair],
-                            ty[first_of_pair])
-
-    n_users = len(user_vocab)
-    counts = np.bincount(u, minlength=n_users)
+    for line_no in reviews.lines[order][~first_of_pair]:
+        skips.add("duplicate_review", f"{reviews_name}:{line_no}")
+    kept = order[first_of_pair]
+    user = user[first_of_pair]
+    counts = np.bincount(user, minlength=n_users)
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    position = np.arange(len(u)) - offsets[u]
-    seq_len = counts[u]
-
     too_short = int((counts == 1).sum())
     if too_short:
         skips.add("user_with_one_behaviour", f"{too_short} users", n=too_short)
+    return Behaviours(user=user, item=item[first_of_pair], time=reviews.times[kept], rating=reviews.ratings[kept],
+                      type=types[kept], touched=touched, counts=counts, offsets=offsets,
+                      position=np.arange(len(user)) - offsets[user])
 
-    # Train interactions: every behaviour but each user's last, for users with at least two.
-    is_test_target = (position == seq_len - 1) & (seq_len >= 2)
-    in_train = (seq_len >= 2) & ~is_test_target
-    train_count = np.bincount(it[in_train], minlength=n_items)
-    train_items = np.flatnonzero(train_count > 0)
 
-    rng = np.random.default_rng(options.seed)
+def _samples(behaviours: Behaviours, in_train: np.ndarray, is_test_target: np.ndarray, train_count: np.ndarray,
+             n_items: int, seed: int, skips: SkipLog) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test samples: each positive next to its negative, an item the user never touched; train
+    negatives come from items with a training interaction, test negatives from all items."""
+    rng = np.random.default_rng(seed)
+    train_positives = np.flatnonzero(in_train & (behaviours.position >= 1))
+    test_positives = np.flatnonzero(is_test_target)
+    train_negatives = sample_negatives(rng, behaviours.user[train_positives], np.flatnonzero(train_count > 0),
+                                       behaviours.touched, n_items)
+    test_negatives = sample_negatives(rng, behaviours.user[test_positives], np.arange(RESERVED_ENTRIES, n_items),
+                                      behaviours.touched, n_items)
+    return (_paired_samples(behaviours, train_positives, train_negatives, "train", skips),
+            _paired_samples(behaviours, test_positives, test_negatives, "test", skips))
 
-    train_pos_index = np.flatnonzero(in_train & (position >= 1))
-    test_pos_index = np.flatnonzero(is_test_target)
-    all_items = np.arange(len(RESERVED), n_items)
-    train_neg = sample_negatives(rng, u[train_pos_index], train_items, touched, n_items)
-    test_neg = sample_negatives(rng, u[test_pos_index], all_items, touched, n_items)
 
-    def samples(pos_index: np.ndarray, negatives: np.ndarray, split: str) -> np.ndarray:
-        missing = negatives < 0
-        if missing.any():
-            skips.add(f"{split}_no_negative_available", f"{int(missing.sum())} samples", n=int(missing.sum()))
-        pos_index, negatives = pos_index[~missing], negatives[~missing]
-        out = np.empty(2 * len(pos_index), dtype=SAMPLE_DTYPE)
-        for field, values in (("user", u[pos_index]), ("pos", position[pos_index])):
-            out[field][0::2] = values
-            out[field][1::2] = values
-        out["item"][0::2] = it[pos_index]
-        out["item"][1::2] = negatives
-        out["label"][0::2] = 1
-        out["label"][1::2] = 0
-        return out
+def _paired_samples(behaviours: Behaviours, positives: np.ndarray, negatives: np.ndarray, split: str,
+                    skips: SkipLog) -> np.ndarray:
+    """Rows positive, negative, positive, ... of the behaviours `positives`; one without a negative is dropped."""
+    missing = negatives < 0
+    if missing.any():
+        skips.add(f"{split}_no_negative_available", f"{int(missing.sum())} samples", n=int(missing.sum()))
+    positives, negatives = positives[~missing], negatives[~missing]
+    out = np.empty(2 * len(positives), dtype=SAMPLE_DTYPE)
+    for name, values in (("user", behaviours.user[positives]), ("pos", behaviours.position[positives])):
+        out[name][0::2] = values
+        out[name][1::2] = values
+    out["item"][0::2] = behaviours.item[positives]
+    out["item"][1::2] = negatives
+    out["label"][0::2] = 1
+    out["label"][1::2] = 0
+    return out
 
-    train = samples(train_pos_index, train_neg, "train")
-    test = samples(test_pos_index, test_neg, "test")
 
-    # Item statistics come from training interactions only, so test targets leak nothing.
-    rated = in_train & np.isfinite(rating)
-    rating_sum = np.bincount(it[rated], weights=rating[rated], minlength=n_items)
-    rating_n = np.bincount(it[rated], minlength=n_items)
+def _item_statistics(behaviours: Behaviours, in_train: np.ndarray, train_count: np.ndarray,
+                     metas: list[ItemMeta | None], meta_statistics: tuple[str, ...], n_items: int) -> np.ndarray:
+    """[n_items, K] statistics: training interactions, mean training rating, then the catalogue's; NaN = none.
+    They come from training interactions only, so test targets leak nothing."""
+    rated = in_train & np.isfinite(behaviours.rating)
+    rating_sum = np.bincount(behaviours.item[rated], weights=behaviours.rating[rated], minlength=n_items)
+    rating_n = np.bincount(behaviours.item[rated], minlength=n_items)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_rating = np.where(rating_n > 0, rating_sum / np.maximum(rating_n, 1), np.nan)
-    metas = [None, None] + [meta[a] for a in asins_sorted]
-    statistic_names = INTERACTION_STATISTICS + raw.meta_statistics
     catalogue = [np.array([math.nan if m is None else m.statistics.get(name, math.nan) for m in metas])
-                 for name in raw.meta_statistics]
+                 for name in meta_statistics]
     statistics = np.stack([train_count.astype(np.float64), mean_rating, *catalogue], axis=1)
-    statistics[: len(RESERVED)] = np.nan
-    boundaries = {
-        f"g{g}": np.stack([equal_frequency_boundaries(statistics[len(RESERVED):, k], g)
-                           for k in range(len(statistic_names))])
-        for g in options.stat_granularities
-    }
+    statistics[:RESERVED_ENTRIES] = np.nan
+    return statistics
 
-    category_vocab, category_idx = _vocabulary(np.array([m.category if m else "" for m in metas], dtype=object))
-    brand_vocab, brand_idx = _vocabulary(np.array([m.brand if m else "" for m in metas], dtype=object))
-    category_idx[: len(RESERVED)] = PAD
-    brand_idx[: len(RESERVED)] = PAD
 
+def _catalogue(item_ids: list[str], metas: list[ItemMeta | None], statistic_names: tuple[str, ...],
+               statistics: np.ndarray, train_count: np.ndarray, n_popularity_levels: int) -> Catalogue:
+    """The item table (docs/FORMATS.md), row i = item index i."""
+    categories, category_index = _vocabulary(np.array([m.category if m else "" for m in metas], dtype=object))
+    brands, brand_index = _vocabulary(np.array([m.brand if m else "" for m in metas], dtype=object))
+    category_index[:RESERVED_ENTRIES] = PAD
+    brand_index[:RESERVED_ENTRIES] = PAD
+    n_items = len(item_ids)
     levels = np.zeros(n_items, dtype=np.int8)
-    levels[len(RESERVED):] = popularity_levels(train_count[len(RESERVED):], options.popularity_levels)
+    levels[RESERVED_ENTRIES:] = popularity_levels(train_count[RESERVED_ENTRIES:], n_popularity_levels)
     cold = train_count == 0
-    cold[: len(RESERVED)] = False
-
+    cold[:RESERVED_ENTRIES] = False
     titles = [m.title if m else "" for m in metas]
     table = pa.table({
         "item_idx": pa.array(np.arange(n_items, dtype=np.int32)),
-        "asin": pa.array(item_vocab),
-        "category_idx": pa.array(category_idx),
-        "brand_idx": pa.array(brand_idx),
+        "asin": pa.array(item_ids),
+        "category_idx": pa.array(category_index),
+        "brand_idx": pa.array(brand_index),
         "title": pa.array(titles),
         "title_tokens": pa.array([tokenize(title) for title in titles], type=pa.list_(pa.string())),
         "image_ref": pa.array([m.image_ref if m else "" for m in metas]),
@@ -257,56 +301,42 @@ def prepare(raw_dir: Path, out_dir: Path, options: PrepareOptions, reviews_path:
         "popularity_level": pa.array(levels),
         "cold": pa.array(cold),
     })
+    return Catalogue(table, categories, brands, cold)
 
+
+def _report(data: DataConfig, raw: RawDataset, reviews_path: Path, meta_path: Path | None, behaviours: Behaviours,
+            meta: dict[str, ItemMeta], train: np.ndarray, test: np.ndarray, catalogue: Catalogue,
+            skips: SkipLog) -> dict:
+    cold = catalogue.cold
     test_positive_items = test["item"][test["label"] == 1]
     report = {
-        "reviews": Path(reviews_path).name,  # file names, not paths: the report is the same on every machine
-        "metadata": Path(meta_path).name if meta_path else None,
-        "reviews_kept": int(len(u)),
-        "users": int(n_users - len(RESERVED)),
-        "users_with_samples": int((counts >= 2).sum()),
-        "items": int(n_items - len(RESERVED)),
-        "categories": int(len(category_vocab) - len(RESERVED)),
-        "brands": int(len(brand_vocab) - len(RESERVED)),
+        "reviews": reviews_path.name,  # file names, not paths: the report is the same on every machine
+        "metadata": meta_path.name if meta_path else None,
+        "reviews_kept": int(len(behaviours.user)),
+        "users": int(len(behaviours.counts) - RESERVED_ENTRIES),
+        "users_with_samples": int((behaviours.counts >= 2).sum()),
+        "items": int(len(cold) - RESERVED_ENTRIES),
+        "categories": int(len(catalogue.categories) - RESERVED_ENTRIES),
+        "brands": int(len(catalogue.brands) - RESERVED_ENTRIES),
         "train_samples": int(len(train)),
         "test_samples": int(len(test)),
         "train_positives": int(train["label"].sum()),
         "test_positives": int(test["label"].sum()),
         "cold_test_items": int(np.unique(test_positive_items[cold[test_positive_items]]).size),
         "cold_test_samples": int(cold[test_positive_items].sum()),
-        "statistics": list(statistic_names),
-        "stat_granularities": list(options.stat_granularities),
-        "seed": options.seed,
+        "statistics": list(INTERACTION_STATISTICS + raw.meta_statistics),
+        "stat_granularities": list(data.stat_granularities),
+        "seed": data.seed,
         **skips.as_report(),
     }
     # Only where they say something, so the Amazon and synthetic reports stay as they were.
     if raw.layout != "amazon":
         report["layout"] = raw.layout
-    if reviews.type_names:
-        report["behaviour_types"] = list(reviews.type_names)
-    if options.min_interactions > 1:
-        report["min_interactions"] = options.min_interactions
+    if raw.reviews.type_names:
+        report["behaviour_types"] = list(raw.reviews.type_names)
+    if data.min_interactions > 1:
+        report["min_interactions"] = data.min_interactions
     missing = missing_modalities(meta, raw.meta_statistics)
     if missing:
         report["missing_modalities"] = missing
-
-    out_dir = Path(out_dir)
-    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    pq.write_table(table, tmp_dir / "items.parquet")
-    np.savez(tmp_dir / "stat_boundaries.npz", names=np.array(statistic_names), **boundaries)
-    np.savez(tmp_dir / "sequences.npz", offsets=offsets, items=it.astype(np.int32), times=t.astype(np.int64),
-             types=ty.astype(np.int8))
-    np.save(tmp_dir / "train.npy", train)
-    np.save(tmp_dir / "test.npy", test)
-    vocab = {"users": user_vocab, "categories": category_vocab, "brands": brand_vocab}
-    if reviews.type_names:
-        vocab["behaviour_types"] = list(reviews.type_names)  # history_types of a scoring request index this
-    (tmp_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _atomic_dir_swap(tmp_dir, out_dir)
-    report["seconds"] = round(time.time() - started, 2)  # for the console and the run's artifact, not the file
-    say(f"prepare: {report['users']:,} users, {report['items']:,} items, {report['train_samples']:,} train / "
-        f"{report['test_samples']:,} test samples, skipped {report['skipped']} in {report['seconds']} s")
     return report

@@ -31,12 +31,15 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from tqdm.auto import tqdm
 
-from marn.data.download import DownloadError, download, download_many, file_sha256
+from marn.config import FeaturesConfig
+from marn.data.download import DownloadError, download, download_many
+from marn.data.formats import IMAGE_FILE, IMAGE_MASK_FILE, write_npy
+from marn.files import atomic_write_text, file_sha256
+from marn.items import RESERVED_ENTRIES
 
 log = logging.getLogger(__name__)
 
 IMAGE_FEATURE_DIM = 4096
-RESERVED_ROWS = 2  # item indices 0 (padding) and 1 (out-of-vocabulary) have no image
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"
 # The outcome of each row; stored as int8 codes while a run is in progress so a resumed run can report them.
 ROW_STATUSES = (
@@ -162,7 +165,8 @@ def vgg16_fc7(state_dict: dict | None, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def load_vgg16_weights(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[dict | None, Fc7Weights]:
+def load_vgg16_weights(features: FeaturesConfig, *, timeout: float = 60, retries: int = 3
+                       ) -> tuple[dict | None, Fc7Weights]:
     """The state dict to use and what it is, by `features` settings:
 
     1. `vgg16_weights` (path or URL): loaded after its sha256 matches `vgg16_weights_sha256`, or the hash
@@ -171,10 +175,10 @@ def load_vgg16_weights(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[d
     3. when that download fails: random weights (None) with a loud warning, only where
        `allow_random_weights` is true; else a `WeightsError`.
     """
-    if cfg.vgg16_weights:
-        path = _fetch_weights_file(str(cfg.vgg16_weights), timeout=timeout, retries=retries)
-        sha256 = _checked_sha256(path, cfg.vgg16_weights_sha256)
-        return _load_state_dict(path), Fc7Weights("file", str(cfg.vgg16_weights), sha256)  # as the user named it
+    if features.vgg16_weights:
+        path = _fetch_weights_file(features.vgg16_weights, timeout=timeout, retries=retries)
+        sha256 = _checked_sha256(path, features.vgg16_weights_sha256)
+        return _load_state_dict(path), Fc7Weights("file", features.vgg16_weights, sha256)  # as the user named it
 
     from torchvision.models import VGG16_Weights
 
@@ -183,19 +187,19 @@ def load_vgg16_weights(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[d
     try:
         download(url, dest, timeout=timeout, retries=retries)
     except DownloadError as err:
-        if not cfg.allow_random_weights:
+        if not features.allow_random_weights:
             raise WeightsError(
                 f"torchvision's ImageNet VGG16 weights could not be downloaded ({err}); put a copy of "
                 f"{dest.name} somewhere and set features.vgg16_weights to it, or set "
                 "features.allow_random_weights: true (for synthetic data only)"
             ) from err
         message = (
-            f"VGG16 RUNS ON RANDOM WEIGHTS (seed {cfg.seed}): the ImageNet weights could not be downloaded "
+            f"VGG16 RUNS ON RANDOM WEIGHTS (seed {features.seed}): the ImageNet weights could not be downloaded "
             f"({err}). The image features carry no ImageNet knowledge; the report says weights: random."
         )
         log.warning("!" * 100 + "\n%s\n" + "!" * 100, message)
         warnings.warn(message, RandomWeightsWarning, stacklevel=2)
-        return None, Fc7Weights("random", f"seed {cfg.seed}", None)
+        return None, Fc7Weights("random", f"seed {features.seed}", None)
     sha256 = _checked_sha256(dest, None)
     return _load_state_dict(dest), Fc7Weights("imagenet", url, sha256)
 
@@ -283,11 +287,12 @@ class ThumbnailEncoder(torch.nn.Module):
         return torch.cat([thumbnail, histogram], dim=1)
 
 
-def fc7_model(cfg, *, timeout: float = 60, retries: int = 3) -> tuple[torch.nn.Module, Fc7Weights]:
-    """VGG16 up to fc7 with the weights `cfg` asks for (see `load_vgg16_weights`)."""
-    state_dict, weights = load_vgg16_weights(cfg, timeout=timeout, retries=retries)
+def fc7_model(features: FeaturesConfig, *, timeout: float = 60, retries: int = 3
+              ) -> tuple[torch.nn.Module, Fc7Weights]:
+    """VGG16 up to fc7 with the weights `features` asks for (see `load_vgg16_weights`)."""
+    state_dict, weights = load_vgg16_weights(features, timeout=timeout, retries=retries)
     try:
-        return vgg16_fc7(state_dict, cfg.seed), weights
+        return vgg16_fc7(state_dict, features.seed), weights
     except RuntimeError as err:
         raise WeightsError(f"{weights.source}: does not fit torchvision's vgg16: {err}") from err
 
@@ -310,66 +315,103 @@ def extract_image_features(
     out_dir: Path,
     model: torch.nn.Module | None,
     weights: Fc7Weights,
-    cfg,
+    features: FeaturesConfig,
     *,
     raw_dir: Path | None = None,
     image_cache_dir: Path,
 ) -> dict:
     """Write `image.npy` (float16 [N, 4096], row = item index) and `image_mask.npy` (bool [N]) into `out_dir`.
 
-    Rows 0 and 1 are the reserved items. `cfg` is the `features` section (device, batch_size, image_size,
-    num_download_workers, num_decode_workers, download_timeout_s, download_retries). Returns the image
-    part of the report.
+    Rows 0 and 1 are the reserved items. Returns the image part of the report.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_rows = len(image_refs)
-    device = torch_device(cfg.device)
-    batch_size = int(cfg.batch_size)
-    if batch_size < 1:
-        raise ValueError(f"features.batch_size must be at least 1, got {batch_size}")
+    device = torch_device(features.device)
+    if features.batch_size < 1:
+        raise ValueError(f"features.batch_size must be at least 1, got {features.batch_size}")
 
-    locations: dict[int, ImageLocation] = {}
-    planned = ["reserved"] * min(RESERVED_ROWS, n_rows)
-    for row in range(RESERVED_ROWS, n_rows):
-        location = locate_image(image_refs[row], image_cache_dir, raw_dir)
-        planned.append("no_image_ref" if location is None else "pending")
-        if location is not None:
-            locations[row] = location
-
-    fingerprint = _fingerprint(image_refs, weights, cfg, device)
+    planned, locations = plan_rows(image_refs, image_cache_dir, raw_dir)
+    fingerprint = _fingerprint(image_refs, weights, features, device)
     work = _WorkFiles(out_dir)
-    features, status, start = work.open(fingerprint, n_rows)
+    image_rows, status, start = work.open(fingerprint, n_rows)
     if start:
         log.info("image features: resuming at row %d of %d", start, n_rows)
     for row, reason in fetch_remote_images(
         {row: location for row, location in locations.items() if row >= start},
-        workers=cfg.num_download_workers, timeout=cfg.download_timeout_s, retries=cfg.download_retries,
+        workers=features.num_download_workers, timeout=features.download_timeout_s,
+        retries=features.download_retries,
     ).items():
         planned[row] = reason
     status[start:] = [STATUS_CODE[s] for s in planned[start:]]
 
-    transform = thumbnail_transform() if weights.kind == "thumbnail" else imagenet_transform(cfg.image_size)
-
-    def load(row: int) -> torch.Tensor | str:
-        """The preprocessed image of a row, or why there is none."""
-        path = locations[row].path
-        if not path.is_file():
-            return "missing_file"
-        image = read_rgb(path)
-        return "corrupt" if image is None else transform(image)
-
+    transform = thumbnail_transform() if weights.kind == "thumbnail" else imagenet_transform(features.image_size)
+    encoder_name = "thumbnail" if weights.kind == "thumbnail" else "vgg16 fc7"
     model = model.to(device) if model is not None else None  # None: no row has an image to compute
     pending = np.array([s == "pending" for s in planned])
-    batches = [range(b, min(b + batch_size, n_rows)) for b in range(start, n_rows, batch_size)]
-    encoder_name = "thumbnail" if weights.kind == "thumbnail" else "vgg16 fc7"
     bar = tqdm(total=int(pending.sum()), initial=int(pending[:start].sum()), desc=encoder_name, unit="img")
-    images_done, loop_started = 0, time.perf_counter()
-    # Images are decoded on a thread pool (PIL releases the GIL), one batch ahead of the model.
-    with torch.inference_mode(), ThreadPoolExecutor(max_workers=max(1, cfg.num_decode_workers)) as pool:
+    loop_started = time.perf_counter()
+    images_done = _encode_rows(
+        model, device, transform, locations, pending, start, features.batch_size, features.num_decode_workers,
+        image_rows, status, lambda rows_done: work.commit(image_rows, status, fingerprint, rows_done), bar,
+    )
+    bar.close()
+    loop_seconds = time.perf_counter() - loop_started
+    statuses = [ROW_STATUSES[code] for code in status]
+    work.finish(image_rows, status)
+    del image_rows, status
+
+    return {
+        "items": max(n_rows - RESERVED_ENTRIES, 0),
+        "images_ok": statuses.count("ok"),
+        **_failures(image_refs, statuses),
+        "image_encoder": {"thumbnail": "thumbnail (not the paper's)", "none": "none"}.get(weights.kind, encoder_name),
+        "weights": weights.kind,
+        "weights_source": weights.source,
+        "weights_sha256": weights.sha256,
+        "device": str(device),
+        "image_size": features.image_size,
+        "resumed_at_row": start,
+        "images_computed": images_done,
+        "images_per_second": round(images_done / loop_seconds, 2) if images_done and loop_seconds > 0 else None,
+        "image_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def plan_rows(image_refs: Sequence[str], image_cache_dir: Path,
+              raw_dir: Path | None) -> tuple[list[str], dict[int, ImageLocation]]:
+    """Each row's status before any image is read ("reserved", "no_image_ref" or "pending"), and where the
+    image of each pending row is."""
+    locations: dict[int, ImageLocation] = {}
+    planned = ["reserved"] * min(RESERVED_ENTRIES, len(image_refs))
+    for row in range(RESERVED_ENTRIES, len(image_refs)):
+        location = locate_image(image_refs[row], image_cache_dir, raw_dir)
+        planned.append("no_image_ref" if location is None else "pending")
+        if location is not None:
+            locations[row] = location
+    return planned, locations
+
+
+def _load_image(location: ImageLocation, transform) -> torch.Tensor | str:
+    """The preprocessed image at `location`, or why there is none."""
+    if not location.path.is_file():
+        return "missing_file"
+    image = read_rgb(location.path)
+    return "corrupt" if image is None else transform(image)
+
+
+def _encode_rows(model: torch.nn.Module | None, device: torch.device, transform, locations: dict[int, ImageLocation],
+                 pending: np.ndarray, start: int, batch_size: int, decode_workers: int, image_rows: np.memmap,
+                 status: np.memmap, commit, bar) -> int:
+    """Encode the pending rows from `start` on in fixed batches, committing after each; returns how many images
+    were encoded. Images are decoded on a thread pool (PIL releases the GIL), one batch ahead of the model."""
+    n_rows = len(pending)
+    batches = [range(b, min(b + batch_size, n_rows)) for b in range(start, n_rows, batch_size)]
+    images_done = 0
+    with torch.inference_mode(), ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
         def submit(rows: range) -> list[tuple[int, Future]]:
-            return [(row, pool.submit(load, row)) for row in rows if pending[row]]
+            return [(row, pool.submit(_load_image, locations[row], transform)) for row in rows if pending[row]]
 
         upcoming = submit(batches[0]) if batches else []
         for batch_no, rows in enumerate(batches):
@@ -384,47 +426,38 @@ def extract_image_features(
                     batch_rows.append(row)
                     batch_images.append(image)
             if batch_images:
-                fc7 = model(torch.stack(batch_images).to(device)).to("cpu", torch.float16)
-                if not torch.isfinite(fc7).all():
-                    bad = [batch_rows[i] for i in torch.nonzero(~torch.isfinite(fc7).all(1)).flatten().tolist()]
-                    raise FloatingPointError(f"fc7 features of item rows {bad} do not fit float16")
-                features[batch_rows] = fc7.numpy()
+                image_rows[batch_rows] = _encode_batch(model, device, batch_images, batch_rows)
                 status[batch_rows] = STATUS_CODE["ok"]
-            work.commit(features, status, fingerprint, rows.stop)
+            commit(rows.stop)
             images_done += len(batch_images)
             bar.update(int(pending[rows.start: rows.stop].sum()))
-    bar.close()
-    loop_seconds = time.perf_counter() - loop_started
-    statuses = [ROW_STATUSES[code] for code in status]
-    work.finish(features, status)
-    del features, status
+    return images_done
 
+
+def _encode_batch(model: torch.nn.Module, device: torch.device, images: list[torch.Tensor],
+                  rows: list[int]) -> np.ndarray:
+    """float16 feature rows of `images` (the item rows `rows`); a value float16 cannot hold is an error."""
+    encoded = model(torch.stack(images).to(device)).to("cpu", torch.float16)
+    if not torch.isfinite(encoded).all():
+        bad = [rows[i] for i in torch.nonzero(~torch.isfinite(encoded).all(1)).flatten().tolist()]
+        raise FloatingPointError(f"fc7 features of item rows {bad} do not fit float16")
+    return encoded.numpy()
+
+
+def _failures(image_refs: Sequence[str], statuses: list[str]) -> dict:
+    """Rows without an image feature, counted by reason, with a few examples of each."""
     failures: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
-    for row in range(RESERVED_ROWS, n_rows):
+    for row in range(RESERVED_ENTRIES, len(statuses)):
         if statuses[row] != "ok":
             failures[statuses[row]] = failures.get(statuses[row], 0) + 1
             if len(examples.setdefault(statuses[row], [])) < EXAMPLES_PER_REASON:
                 examples[statuses[row]].append(f"item {row}: {image_refs[row]!r}")
-    return {
-        "items": max(n_rows - RESERVED_ROWS, 0),
-        "images_ok": statuses.count("ok"),
-        "image_failures": dict(sorted(failures.items())),
-        "image_failure_examples": dict(sorted(examples.items())),
-        "image_encoder": {"thumbnail": "thumbnail (not the paper's)", "none": "none"}.get(weights.kind, encoder_name),
-        "weights": weights.kind,
-        "weights_source": weights.source,
-        "weights_sha256": weights.sha256,
-        "device": str(device),
-        "image_size": int(cfg.image_size),
-        "resumed_at_row": start,
-        "images_computed": images_done,
-        "images_per_second": round(images_done / loop_seconds, 2) if images_done and loop_seconds > 0 else None,
-        "image_seconds": round(time.perf_counter() - started, 2),
-    }
+    return {"image_failures": dict(sorted(failures.items())), "image_failure_examples": dict(sorted(examples.items()))}
 
 
-def _fingerprint(image_refs: Sequence[str], weights: Fc7Weights, cfg, device: torch.device) -> str:
+def _fingerprint(image_refs: Sequence[str], weights: Fc7Weights, features: FeaturesConfig,
+                 device: torch.device) -> str:
     """What the rows depend on: a resumed run continues only a run that had the same."""
     import torchvision
 
@@ -432,7 +465,7 @@ def _fingerprint(image_refs: Sequence[str], weights: Fc7Weights, cfg, device: to
     for ref in image_refs:
         digest.update(ref.encode() + b"\n")
     digest.update(json.dumps({
-        "weights": weights.identity, "image_size": int(cfg.image_size), "batch_size": int(cfg.batch_size),
+        "weights": weights.identity, "image_size": features.image_size, "batch_size": features.batch_size,
         "device": device.type, "torch": torch.__version__, "torchvision": torchvision.__version__,
     }, sort_keys=True).encode())
     return digest.hexdigest()
@@ -445,8 +478,8 @@ class _WorkFiles:
         self.features_path = out_dir / ".image.partial.npy"
         self.status_path = out_dir / ".image_status.partial.npy"
         self.progress_path = out_dir / ".image.progress.json"
-        self.final_features_path = out_dir / "image.npy"
-        self.final_mask_path = out_dir / "image_mask.npy"
+        self.final_features_path = out_dir / IMAGE_FILE
+        self.final_mask_path = out_dir / IMAGE_MASK_FILE
 
     def open(self, fingerprint: str, n_rows: int) -> tuple[np.memmap, np.memmap, int]:
         """The memory maps to write and the first row not yet done (0 unless a matching run was cut short).
@@ -478,14 +511,12 @@ class _WorkFiles:
         """Flush the rows, then record them as done (the record never runs ahead of the data)."""
         features.flush()
         status.flush()
-        partial = self.progress_path.with_name(self.progress_path.name + ".part")
-        partial.write_text(json.dumps({"fingerprint": fingerprint, "rows_done": rows_done}))
-        os.replace(partial, self.progress_path)
+        atomic_write_text(self.progress_path, json.dumps({"fingerprint": fingerprint, "rows_done": rows_done}))
 
     def finish(self, features: np.memmap, status: np.memmap) -> None:
         """Publish `image.npy` and `image_mask.npy` and drop the work files."""
         features.flush()
-        np.save(self.final_mask_path, np.asarray(status) == STATUS_CODE["ok"])
+        write_npy(self.final_mask_path, np.asarray(status) == STATUS_CODE["ok"])
         self.progress_path.unlink(missing_ok=True)
         os.replace(self.features_path, self.final_features_path)
         self.status_path.unlink(missing_ok=True)

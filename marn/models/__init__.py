@@ -1,1 +1,1 @@
-"""MARN, its ablations and (later) the baselines; `registry.MODELS` maps names to builders."""
+"""MARN, its ablations and the baselines; `registry.MODELS` maps names to builders."""

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marn.batch import Batch
+from marn.config import DataConfig, TrainConfig
+
 LOSS_NAMES = ("ctr", "ds", "d0", "adv", "aux")  # eq. 10: L = L_CTR + L_Ds + L_D0 + L_ADV; aux: DIEN's auxiliary loss
 
 
@@ -24,18 +27,16 @@ class Architecture:
     time_gap_buckets: int
 
     @classmethod
-    def from_config(cls, cfg) -> "Architecture":
-        return cls(embed_dim=int(cfg.train.embed_dim), hidden=int(cfg.train.hidden),
-                   title_filters=int(cfg.train.title_filters),
-                   freeze_word_vectors=bool(cfg.train.freeze_word_vectors),
-                   prediction_mlp=tuple(int(h) for h in cfg.train.prediction_mlp),
-                   time_gap_buckets=int(cfg.data.time_gap_buckets))
+    def from_config(cls, train: TrainConfig, data: DataConfig) -> Architecture:
+        return cls(embed_dim=train.embed_dim, hidden=train.hidden, title_filters=train.title_filters,
+                   freeze_word_vectors=train.freeze_word_vectors, prediction_mlp=tuple(train.prediction_mlp),
+                   time_gap_buckets=data.time_gap_buckets)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Architecture":
+    def from_dict(cls, values: dict) -> Architecture:
         return cls(**{**values, "prediction_mlp": tuple(values["prediction_mlp"])})
 
 
@@ -75,11 +76,11 @@ def pad_history(valid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return padded
 
 
-def encode_batch_items(encode: Callable[[torch.Tensor], torch.Tensor], batch: dict[str, torch.Tensor]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_batch_items(encode: Callable[[torch.Tensor], torch.Tensor],
+                       batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate [B, ...] and history [B, L, ...] representations; padded history steps are never encoded."""
-    mask = batch["hist_mask"]
-    candidate, history = encode_distinct(encode, batch["target_item"], batch["hist_items"][mask])
+    mask = batch.hist_mask
+    candidate, history = encode_distinct(encode, batch.target_item, batch.hist_items[mask])
     return candidate, pad_history(history, mask)
 
 

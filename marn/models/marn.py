@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, pad_history
 from marn.nn.adversarial import ADVERSARIAL_LOSSES, CrossModalAdversary, DoubleDiscriminatorAdversary
 from marn.nn.apgru import APGRU
@@ -49,17 +50,16 @@ class MARN(CTRModel):
         n_modalities, dim = len(variant.modalities), architecture.hidden
         self.modality_embedding = ModalityEmbedding(table, variant.modalities, architecture.embed_dim,
                                                     architecture.title_filters, architecture.freeze_word_vectors)
+        # the fusion variant is resolved here once: `fuse` is the one path encode_items takes
         if variant.fusion == "sum":
             self.fusion = ModalitySum(n_modalities, architecture.embed_dim, dim)
             self.adversary = None
+            self.fuse: Callable[[torch.Tensor], ItemLosses] = self._fuse_by_sum
         else:
             self.fusion = MultimodalAttentionFusion(n_modalities, architecture.embed_dim, dim)
             adversary = ADVERSARIES[variant.fusion]
             self.adversary = adversary(n_modalities, dim) if adversary is not None else None
-        self.fuse: Callable[[torch.Tensor], ItemLosses] = {
-            "sum": self._fuse_by_sum, "maf": self._fuse_by_max,
-            "maf+adv": self._fuse_with_cross_modal_adversary, "maf+ddma": self._fuse_with_double_discriminators,
-        }[variant.fusion]
+            self.fuse = self._fuse_by_max if adversary is None else self._fuse_adversarially
         if variant.property_gate:
             self.behaviour_property = BehaviourPropertyEmbedding(table.n_behaviour_types, architecture.time_gap_buckets)
             property_size = self.behaviour_property.out_dim
@@ -80,19 +80,10 @@ class MARN(CTRModel):
         parts = self.fusion(embeddings)
         return parts.fused_specific + parts.invariant.amax(dim=1), {}
 
-    def _fuse_with_cross_modal_adversary(self, embeddings: torch.Tensor) -> ItemLosses:
+    def _fuse_adversarially(self, embeddings: torch.Tensor) -> ItemLosses:
         parts = self.fusion(embeddings)
-        # the adversary's view of c^m comes from detached e^m: the reversed gradient stops at I (eq. 10)
-        adversary_view = self.fusion.invariant(embeddings.detach()) if self.training else None
-        pooled, losses = self.adversary(parts.invariant, adversary_view)
-        return parts.fused_specific + pooled, losses
-
-    def _fuse_with_double_discriminators(self, embeddings: torch.Tensor) -> ItemLosses:
-        parts = self.fusion(embeddings)
-        views = (None, None)
-        if self.training:  # from detached e^m: L_ADV reaches I and L_Ds reaches S_m, neither the embedding layer
-            detached = embeddings.detach()
-            views = (self.fusion.invariant(detached), self.fusion.specific(detached))
+        # the adversarial losses exist in training only; in eval the adversary only pools c^m
+        views = self.adversary.views(self.fusion, embeddings) if self.training else ()
         pooled, losses = self.adversary(parts.invariant, *views)
         return parts.fused_specific + pooled, losses
 
@@ -102,10 +93,10 @@ class MARN(CTRModel):
         attention = self.fusion(self.modality_embedding(items)).attention
         return {m: attention[:, i] for i, m in enumerate(self.variant.modalities)}
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
-        target, mask = batch["target_item"], batch["hist_mask"]
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
+        target, mask = batch.target_item, batch.hist_mask
         # Encoded once per distinct item (histories repeat items); the adversarial losses come from the same pass.
-        distinct, position = torch.unique(torch.cat([target, batch["hist_items"][mask]]), return_inverse=True)
+        distinct, position = torch.unique(torch.cat([target, batch.hist_items[mask]]), return_inverse=True)
         representations, aux_losses = self.encode_items(distinct)
         candidate, history = representations[position[:len(target)]], representations[position[len(target):]]
         states, last_state = self.read_history(pad_history(history, mask), batch)
@@ -113,14 +104,13 @@ class MARN(CTRModel):
         weights = {name: adversarial_weight for name in ADVERSARIAL_LOSSES if name in aux_losses}
         return ctr_outputs(logit, aux_losses, weights)
 
-    def read_history(self, history_rep: torch.Tensor, batch: dict[str, torch.Tensor]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_history(self, history_rep: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """GRU/APGRU states [B, L, H] over the history representations [B, L, H] of `batch`'s behaviours, and
         the state after each history's last real behaviour [B, H] (zero for an empty history)."""
         properties = None
         if self.behaviour_property is not None:
-            properties = self.behaviour_property(batch["hist_type"], batch["hist_gap"], batch["hist_mask"])
-        return self.sequence(history_rep, properties, batch["hist_len"])
+            properties = self.behaviour_property(batch.hist_type, batch.hist_gap, batch.hist_mask)
+        return self.sequence(history_rep, properties, batch.hist_len)
 
     def click_logit(self, states: torch.Tensor, last_state: torch.Tensor, candidate: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:

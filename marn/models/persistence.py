@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from marn.data.item_table import ItemTable
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel
-from marn.models.registry import build_model
+from marn.models.registry import build_model, model_folder
 
+MODEL_FILE = "model.pt"
 MODEL_FILE_FORMAT = 1
 
 
@@ -18,8 +19,15 @@ class ModelFileError(ValueError):
     """A model or checkpoint file that does not belong to this model, config or data."""
 
 
+def model_file(models_dir: Path, name: str) -> Path:
+    """The trained model file of the registered model `name` under `models_dir`."""
+    return model_folder(models_dir, name) / MODEL_FILE
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     """Write to a temporary file and rename, so a killed process never leaves a half-written file."""
+    # Not marn.files.atomic_path: torch.save names the folder inside its zip after the file it writes
+    # (less the last suffix), so the temporary must be `<name>.tmp` for the bytes not to depend on it.
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
-from marn.data.item_table import ItemTable
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel
 from marn.models.baselines import BASELINES
 from marn.models.marn import MARN, MarnVariant
 from marn.nn.modality_embedding import MODALITIES
+
 
 def _marn(modalities: tuple[str, ...], fusion: str, property_gate: bool = False,
           candidate_attention: bool = False) -> Callable[..., CTRModel]:

@@ -11,10 +11,11 @@
   (D1's matrix applied to s^m) keeps the specific features modality-discriminable. c = max_m w^m c^m.
 
 Gradient routing of eq. 10 (`min_I max_D1 lambda * L_ADV`): the adversarial losses are computed on
-`adversary_view`, c^m recomputed by I from *detached* modality embeddings, so the reversed gradient
-reaches I and nothing below it; the reversal has scale 1 and the caller multiplies `adv` (and `ds`) by
-lambda (`ADVERSARIAL_LOSSES`), so D1's own update scales with lambda too. `specific_view` is s^m of
-detached embeddings: L_Ds trains Ds and S_m, never the embedding layer. L_D0 trains D0 only.
+`adversary_view`, c^m recomputed by I from *detached* modality embeddings (each adversary's `views`), so
+the reversed gradient reaches I and nothing below it; the reversal has scale 1 and the caller multiplies
+`adv` (and `ds`) by lambda (`ADVERSARIAL_LOSSES`), so D1's own update scales with lambda too.
+`specific_view` is s^m of detached embeddings: L_Ds trains Ds and S_m, never the embedding layer. L_D0
+trains D0 only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marn.nn.fusion import MultimodalAttentionFusion
 from marn.nn.gradient_reversal import reverse_gradient
 
 ADVERSARIAL_LOSSES = ("adv", "ds")  # the losses eq. 10 weighs by lambda; d0 is unweighted
@@ -73,7 +75,11 @@ class CrossModalAdversary(nn.Module):
         super().__init__()
         self.pair_discriminators = PairwiseModalityDiscriminators(dim, n_modalities)
 
-    def forward(self, invariant: torch.Tensor, adversary_view: torch.Tensor | None
+    def views(self, fusion: MultimodalAttentionFusion, embeddings: torch.Tensor) -> tuple[torch.Tensor]:
+        """The training view: c^m of the detached modality embeddings [N, M, D]."""
+        return (fusion.invariant(embeddings.detach()),)
+
+    def forward(self, invariant: torch.Tensor, adversary_view: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Max-pooled c [N, D] and, when `adversary_view` is given, the one-to-one adversarial loss `adv`."""
         pooled = invariant.amax(dim=1)
@@ -94,8 +100,13 @@ class DoubleDiscriminatorAdversary(nn.Module):
         own_modality_probability = logits.softmax(dim=-1).diagonal(dim1=1, dim2=2)
         return (1.0 - own_modality_probability).detach(), logits
 
-    def forward(self, invariant: torch.Tensor, adversary_view: torch.Tensor | None,
-                specific_view: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def views(self, fusion: MultimodalAttentionFusion, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training views: c^m and s^m of the detached modality embeddings [N, M, D]."""
+        detached = embeddings.detach()
+        return fusion.invariant(detached), fusion.specific(detached)
+
+    def forward(self, invariant: torch.Tensor, adversary_view: torch.Tensor | None = None,
+                specific_view: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Pooled c = max_m(w^m c^m) [N, D] and, when the two views are given (training), the losses `d0`,
         `adv` (eq. 7, through the reversal) and `ds`, none of them weighted by lambda yet."""
         weights, invariance_logits = self.invariance_weights(invariant)

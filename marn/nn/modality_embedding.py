@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from marn.data.item_table import ItemTable
+from marn.items import ItemTable
 from marn.nn.statistic_embedding import StatisticEmbedding
 from marn.nn.title_cnn import TitleCNN
 

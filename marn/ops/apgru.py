@@ -235,8 +235,7 @@ def apgru_sequence(
     x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh, weight_pz = args
     namespace = backend.prepared_namespace("apgru_sequence", __name__, x.device)
     if namespace is None:
-        checks.check_apgru_sequence_args("apgru_sequence", x, prop, lengths, h0, weight_ih, weight_hh, weight_pz)
-        checks.check_apgru_biases("apgru_sequence", x, bias_ih, bias_hh, h0.shape[1])
+        checks.check_apgru_sequence_inputs("apgru_sequence", *args)
         return apgru_sequence_reference(*args)
     # The workspace (gates saved for backward) costs as much memory traffic as the gates themselves.
     save_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in args)

@@ -1,4 +1,6 @@
-"""Which implementation runs an op: `ops.backend` in params, overridable by $MARN_OPS_BACKEND.
+"""Which implementation runs an op: the innermost `use_backend(name)` block's choice (a stage enters one with
+`ops.backend` of params), overridden by $MARN_OPS_BACKEND when that is set; outside any block $MARN_OPS_BACKEND
+or `auto`.
 
 - `auto`: the compiled kernels for the tensors' device (C++ on CPU, CUDA on a GPU), else the reference;
 - `cpp` / `cuda`: the compiled kernels, for CPU / CUDA tensors only;
@@ -13,11 +15,14 @@ torch.func transforms run on the reference backend only; the registered kernels 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Iterator
+from typing import Callable
 
 import torch
 
@@ -28,7 +33,9 @@ BACKEND_ENV = "MARN_OPS_BACKEND"
 COMPILED_NAMESPACE = "marn"
 TRITON_NAMESPACE = "marn_triton"
 
-_selected: str | None = None
+# A context variable, not a global: a block's choice ends with the block and stays in its thread (and the
+# tasks started from it); torch.compile guards on its value like on a global's.
+_scoped_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("marn_ops_backend", default=None)
 
 
 def _validated(name: str, source: str) -> str:
@@ -37,23 +44,28 @@ def _validated(name: str, source: str) -> str:
     return name
 
 
-def set_backend(name: str | None) -> None:
-    """Select the backend for this process; None returns to $MARN_OPS_BACKEND or `auto`."""
-    global _selected
-    _selected = None if name is None else _validated(name, "set_backend")
+def _environment_backend() -> str | None:
+    name = os.environ.get(BACKEND_ENV)
+    return _validated(name, BACKEND_ENV) if name else None
 
 
-def configure(ops_config: Any) -> str:
-    """Apply the `ops` section of params (anything with `.backend`); $MARN_OPS_BACKEND wins over it."""
-    chosen = os.environ.get(BACKEND_ENV) or ops_config.backend
-    set_backend(chosen)
-    return chosen
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Run the ops called inside the block (in this thread) on backend `name`, or on $MARN_OPS_BACKEND where
+    that is set (the operator's override of params); yields the backend chosen. The enclosing choice
+    returns when the block ends, also on error."""
+    requested = _validated(name, "use_backend")
+    chosen = _environment_backend() or requested
+    token = _scoped_backend.set(chosen)
+    try:
+        yield chosen
+    finally:
+        _scoped_backend.reset(token)
 
 
 def requested_backend() -> str:
-    if _selected is not None:
-        return _selected
-    return _validated(os.environ.get(BACKEND_ENV) or "auto", BACKEND_ENV)
+    """The backend of the innermost `use_backend` block; outside any, $MARN_OPS_BACKEND or `auto`."""
+    return _scoped_backend.get() or _environment_backend() or "auto"
 
 
 @functools.cache
@@ -132,6 +144,6 @@ def prepared_namespace(op: str, op_module: str, device: torch.device) -> str | N
     if namespace is not None and torch._C._are_functorch_transforms_active():
         raise RuntimeError(
             f"{op}: torch.func transforms (grad, vjp, vmap, jacrev, ...) cannot run the {namespace}:: kernels; "
-            "select ops backend 'reference' for them (marn.ops.set_backend('reference') or ops.backend=reference)"
+            "select ops backend 'reference' for them (marn.ops.use_backend('reference') or ops.backend=reference)"
         )
     return namespace

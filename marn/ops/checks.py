@@ -72,16 +72,26 @@ def check_lengths(op: str, lengths: torch.Tensor, batch: int, time: int, device:
         )
 
 
-def check_apgru_sequence_args(
-    op: str,
-    x: torch.Tensor,
-    prop: torch.Tensor,
-    lengths: torch.Tensor,
-    h0: torch.Tensor,
-    weight_ih: torch.Tensor,
-    weight_hh: torch.Tensor,
+def _check_apgru_weights(
+    op: str, inputs: int, hidden: int, props: int, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
     weight_pz: torch.Tensor,
 ) -> None:
+    """The weight shapes of both APGRU ops, for x [.., input], a state [.., hidden] and properties [.., property]."""
+    check_shape(op, "weight_ih", weight_ih, [3 * hidden, inputs], "[3*hidden, input]")
+    check_shape(op, "weight_hh", weight_hh, [3 * hidden, hidden], "[3*hidden, hidden]")
+    check_shape(op, "weight_pz", weight_pz, [hidden, props], "[hidden, property]")
+
+
+def _check_apgru_bias_shapes(op: str, hidden: int, bias_ih: torch.Tensor, bias_hh: torch.Tensor) -> None:
+    check_shape(op, "bias_ih", bias_ih, [3 * hidden], "[3*hidden]")
+    check_shape(op, "bias_hh", bias_hh, [3 * hidden], "[3*hidden]")
+
+
+def check_apgru_sequence_args(
+    op: str, x: torch.Tensor, prop: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor, weight_pz: torch.Tensor,
+) -> None:
+    """What the sequence op and its backward read besides the biases."""
     check_dim(op, "x", x, 3, "[batch, time, input]")
     check_dim(op, "h0", h0, 2, "[batch, hidden]")
     check_dim(op, "prop", prop, 3, "[batch, time, property]")
@@ -90,30 +100,25 @@ def check_apgru_sequence_args(
     check_float_group(op, {"x": x, "prop": prop, "h0": h0, "weight_ih": weight_ih, "weight_hh": weight_hh, "weight_pz": weight_pz})
     check_shape(op, "h0", h0, [batch, hidden], "[batch, hidden]")
     check_shape(op, "prop", prop, [batch, time, props], "[batch, time, property]")
-    check_shape(op, "weight_ih", weight_ih, [3 * hidden, inputs], "[3*hidden, input]")
-    check_shape(op, "weight_hh", weight_hh, [3 * hidden, hidden], "[3*hidden, hidden]")
-    check_shape(op, "weight_pz", weight_pz, [hidden, props], "[hidden, property]")
+    _check_apgru_weights(op, inputs, hidden, props, weight_ih, weight_hh, weight_pz)
     check_lengths(op, lengths, batch, time, x.device)
 
 
-def check_apgru_biases(op: str, x: torch.Tensor, bias_ih: torch.Tensor, bias_hh: torch.Tensor, hidden: int) -> None:
+def check_apgru_sequence_inputs(
+    op: str, x: torch.Tensor, prop: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor, bias_ih: torch.Tensor, bias_hh: torch.Tensor, weight_pz: torch.Tensor,
+) -> None:
+    """The sequence op's arguments, in its order: `check_apgru_sequence_args`, then the biases."""
+    check_apgru_sequence_args(op, x, prop, lengths, h0, weight_ih, weight_hh, weight_pz)
     check_float_group(op, {"x": x, "bias_ih": bias_ih, "bias_hh": bias_hh})
-    check_shape(op, "bias_ih", bias_ih, [3 * hidden], "[3*hidden]")
-    check_shape(op, "bias_hh", bias_hh, [3 * hidden], "[3*hidden]")
+    _check_apgru_bias_shapes(op, h0.shape[1], bias_ih, bias_hh)
 
 
 def check_apgru_cell_inputs(
-    op: str,
-    x: torch.Tensor,
-    h: torch.Tensor,
-    prop: torch.Tensor,
-    weight_ih: torch.Tensor,
-    weight_hh: torch.Tensor,
-    bias_ih: torch.Tensor,
-    bias_hh: torch.Tensor,
-    weight_pz: torch.Tensor,
+    op: str, x: torch.Tensor, h: torch.Tensor, prop: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor, bias_hh: torch.Tensor, weight_pz: torch.Tensor,
 ) -> None:
-    """The public cell's arguments, before its input projection runs on any backend."""
+    """The public cell's arguments, in its order, before its input projection runs on any backend."""
     check_dim(op, "x", x, 2, "[batch, input]")
     check_dim(op, "h", h, 2, "[batch, hidden]")
     check_dim(op, "prop", prop, 2, "[batch, property]")
@@ -124,11 +129,8 @@ def check_apgru_cell_inputs(
     })
     check_shape(op, "h", h, [batch, hidden], "[batch, hidden]")
     check_shape(op, "prop", prop, [batch, props], "[batch, property]")
-    check_shape(op, "weight_ih", weight_ih, [3 * hidden, inputs], "[3*hidden, input]")
-    check_shape(op, "weight_hh", weight_hh, [3 * hidden, hidden], "[3*hidden, hidden]")
-    check_shape(op, "bias_ih", bias_ih, [3 * hidden], "[3*hidden]")
-    check_shape(op, "bias_hh", bias_hh, [3 * hidden], "[3*hidden]")
-    check_shape(op, "weight_pz", weight_pz, [hidden, props], "[hidden, property]")
+    _check_apgru_weights(op, inputs, hidden, props, weight_ih, weight_hh, weight_pz)
+    _check_apgru_bias_shapes(op, hidden, bias_ih, bias_hh)
 
 
 def check_apgru_cell_args(

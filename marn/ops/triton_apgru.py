@@ -172,9 +172,9 @@ def apgru_sequence(
     weight_pz: torch.Tensor,
     save_workspace: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    op = "marn_triton::apgru_sequence"
-    checks.check_apgru_sequence_args(op, x, prop, lengths, h0, weight_ih, weight_hh, weight_pz)
-    checks.check_apgru_biases(op, x, bias_ih, bias_hh, h0.shape[1])
+    checks.check_apgru_sequence_inputs(
+        "marn_triton::apgru_sequence", x, prop, lengths, h0, weight_ih, weight_hh, bias_ih, bias_hh, weight_pz
+    )
     batch, time, inputs = x.shape
     hidden, props = h0.shape[1], prop.shape[2]
     plan = pack_plan(lengths, time)

@@ -23,8 +23,10 @@ TRITON_SKIP_REASON = "Triton needs a GPU or TRITON_INTERPRET=1 set before marn.o
 # Compiled vs reference differ only in GEMM blocking and summation order (packed rows, other shapes).
 # Worst |actual - expected| / (1 + |expected|) over 300 cases per APGRU test (weight gradients summing up
 # to 17x6 rows of up to 129-term products): 1.8e-6 in float32 (15 ulp), 1.0e-14 in float64 (45 ulp).
+# A later run found 5.3e-6 in float32 (weight_ih's gradient, B=17, T=5, I=H=129): against float64 the
+# reference is off by 1.6e-6 and the compiled op by 3.7e-6 there, in opposite directions.
 TOLERANCES = {
-    torch.float32: {"rtol": 5e-6, "atol": 5e-6},  # ~3x the worst float32 error seen
+    torch.float32: {"rtol": 1.5e-5, "atol": 1.5e-5},  # ~3x the worst float32 difference seen
     torch.float64: {"rtol": 3e-14, "atol": 3e-14},  # ~3x the worst float64 error seen
 }
 APGRU_FLOAT_INPUTS = ("x", "prop", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_pz")
@@ -42,12 +44,11 @@ def require_loaded(name: str) -> None:
 @contextlib.contextmanager
 def backend(name: str):
     require_loaded(name)
-    previous = ops.requested_backend()
-    ops.set_backend(name)
-    try:
+    with ops.use_backend(name) as chosen:
+        # $MARN_OPS_BACKEND would run another backend than the test compares
+        if chosen != name:
+            raise RuntimeError(f"{ops.BACKEND_ENV}={chosen} overrides the backend {name!r} this test runs; unset it")
         yield
-    finally:
-        ops.set_backend(previous)
 
 
 def generator(seed: int) -> torch.Generator:

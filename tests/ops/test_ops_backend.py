@@ -1,4 +1,6 @@
-"""Backend selection: params, the environment variable, explicit choice, and refusals."""
+"""Backend selection: params, the environment variable, scoped choice, and refusals."""
+
+import threading
 
 import pytest
 import torch
@@ -10,8 +12,7 @@ from marn.ops import backend  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def fresh_selection(monkeypatch):
-    monkeypatch.setattr(backend, "_selected", None)
+def no_environment_override(monkeypatch):
     monkeypatch.delenv(backend.BACKEND_ENV, raising=False)
 
 
@@ -22,38 +23,59 @@ def test_default_is_auto_and_runs_the_compiled_ops_on_cpu():
 
 
 def test_params_select_the_backend():
-    assert backend.configure(load_config(["ops.backend=reference"]).ops) == "reference"
-    assert backend.namespace_for(torch.device("cpu")) is None
+    with backend.use_backend(load_config(["ops.backend=reference"]).ops.backend) as chosen:
+        assert chosen == backend.requested_backend() == "reference"
+        assert backend.namespace_for(torch.device("cpu")) is None
 
 
 def test_environment_wins_over_params(monkeypatch):
     monkeypatch.setenv(backend.BACKEND_ENV, "reference")
-    assert backend.configure(OpsConfig(backend="cpp")) == "reference"
+    with backend.use_backend(OpsConfig(backend="cpp").backend) as chosen:
+        assert chosen == backend.requested_backend() == "reference"
     monkeypatch.delenv(backend.BACKEND_ENV)
-    assert backend.configure(OpsConfig(backend="cpp")) == "cpp"
+    with backend.use_backend(OpsConfig(backend="cpp").backend) as chosen:
+        assert chosen == backend.requested_backend() == "cpp"
+
+
+def test_a_block_restores_the_enclosing_choice_also_on_error():
+    with backend.use_backend("reference"):
+        with backend.use_backend("cpp"):
+            assert backend.requested_backend() == "cpp"
+        assert backend.requested_backend() == "reference"
+        with pytest.raises(KeyError), backend.use_backend("triton"):
+            raise KeyError("inside")
+        assert backend.requested_backend() == "reference"
+    assert backend.requested_backend() == "auto"
+
+
+def test_a_choice_stays_in_its_thread():
+    seen = []
+    with backend.use_backend("reference"):
+        thread = threading.Thread(target=lambda: seen.append(backend.requested_backend()))
+        thread.start()
+        thread.join()
+    assert seen == ["auto"]
 
 
 def test_unknown_names_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="unknown ops backend 'gpu'; choose one of auto, cpp, cuda, triton, reference"):
-        backend.set_backend("gpu")
+        with backend.use_backend("gpu"):
+            pass
     monkeypatch.setenv(backend.BACKEND_ENV, "fast")
     with pytest.raises(ValueError, match="MARN_OPS_BACKEND: unknown ops backend 'fast'"):
         backend.requested_backend()
 
 
 def test_device_specific_backends_refuse_other_devices():
-    backend.set_backend("cpp")
-    with pytest.raises(ValueError, match="'cpp' runs CPU tensors, got tensors on meta"):
+    with backend.use_backend("cpp"), pytest.raises(ValueError, match="'cpp' runs CPU tensors, got tensors on meta"):
         backend.namespace_for(torch.device("meta"))
-    backend.set_backend("cuda")
-    with pytest.raises(ValueError, match="'cuda' runs CUDA tensors, got tensors on cpu"):
+    with backend.use_backend("cuda"), pytest.raises(ValueError, match="'cuda' runs CUDA tensors, got tensors on cpu"):
         backend.namespace_for(torch.device("cpu"))
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    backend.set_backend("triton")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+    with backend.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         backend.namespace_for(torch.device("cpu"))
 
 

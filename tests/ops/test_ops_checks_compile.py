@@ -67,9 +67,9 @@ def test_compiled_module_follows_a_backend_change():
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     with backend("reference"):
         compiled(*args)
-        # A backend for the other device refuses these tensors, which shows that it was consulted
-        # (the ValueError reaches the caller wrapped by Dynamo, its message intact).
-        ops.set_backend("cuda" if DEVICE.type == "cpu" else "cpp")
+    # A backend for the other device refuses these tensors, which shows that it was consulted
+    # (the ValueError reaches the caller wrapped by Dynamo, its message intact).
+    with ops.use_backend("cuda" if DEVICE.type == "cpu" else "cpp"):
         with pytest.raises(Exception, match="ops backend '(cuda|cpp)' runs (CUDA|CPU) tensors"):
             compiled(*args)
 

@@ -17,6 +17,7 @@ TRITON = pytest.param("triton", marks=pytest.mark.skipif(not TRITON_RUNS, reason
 BACKENDS = [COMPILED_BACKEND, TRITON, "reference"]
 NAMESPACES = ["marn", pytest.param("marn_triton", marks=pytest.mark.skipif(not TRITON_RUNS, reason="Triton cannot run here"))]
 SEQUENCE_ARGS = ("weight_hh", "lengths", "h0", "prop", "bias_ih")
+CELL_ARGS = ("h", "weight_hh", "bias_hh", "prop")
 
 
 def sequence_inputs() -> dict[str, torch.Tensor]:
@@ -30,21 +31,15 @@ def cell_inputs() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("meta_arg", SEQUENCE_ARGS)
-def test_apgru_sequence_refuses_one_meta_argument(name, meta_arg):
-    inputs = sequence_inputs()
+@pytest.mark.parametrize(("op", "meta_arg"), [
+    *(("apgru_sequence", arg) for arg in SEQUENCE_ARGS),
+    *(("apgru_cell", arg) for arg in CELL_ARGS),
+])
+def test_apgru_ops_refuse_one_meta_argument(name, op, meta_arg):
+    inputs = {"apgru_sequence": sequence_inputs, "apgru_cell": cell_inputs}[op]()
     inputs[meta_arg] = inputs[meta_arg].to("meta")
-    with backend(name), pytest.raises(ValueError, match=f"apgru_sequence: {meta_arg} is on meta but x is on {DEVICE.type}"):
-        ops.apgru_sequence(**inputs)
-
-
-@pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("meta_arg", ["h", "weight_hh", "bias_hh", "prop"])
-def test_apgru_cell_refuses_one_meta_argument(name, meta_arg):
-    inputs = cell_inputs()
-    inputs[meta_arg] = inputs[meta_arg].to("meta")
-    with backend(name), pytest.raises(ValueError, match=f"apgru_cell: {meta_arg} is on meta but x is on {DEVICE.type}"):
-        ops.apgru_cell(**inputs)
+    with backend(name), pytest.raises(ValueError, match=f"{op}: {meta_arg} is on meta but x is on {DEVICE.type}"):
+        getattr(ops, op)(**inputs)
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
-import os
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from marn.config import SyntheticConfig
 from marn.data.synthetic import images as pictures
+from marn.files import atomic_path
 from marn.data.synthetic.choice import ChoiceModel
 from marn.data.synthetic.lexicon import (
     FILLER_WORDS, FIRST_NAMES, IMAGE_FAMILIES, MAX_FACTOR_LEVELS, REVIEW_SENTENCES, REVIEW_SUMMARIES,
@@ -69,31 +69,16 @@ def generate(out_dir: Path, cfg: SyntheticConfig, seed: int, name: str = "Synthe
 
 
 def check_config(cfg: SyntheticConfig) -> None:
-    """Reject settings the generator cannot honour, naming the key."""
+    """Reject settings the generator cannot honour, naming the key: the section's ranges, then its own limits."""
+    problems = cfg.problems(CONFIG_KEY)
+    if problems:
+        raise ValueError(problems[0])
     families = {"shared_factors": SHARED_FAMILIES, "image_factors": IMAGE_FAMILIES, "title_factors": TITLE_FAMILIES}
     for key, available in families.items():
         if not 0 <= getattr(cfg, key) <= len(available):
             raise ValueError(f"{CONFIG_KEY}.{key} must be in [0, {len(available)}], got {getattr(cfg, key)}")
-    n_factors = cfg.shared_factors + cfg.image_factors + cfg.title_factors
-    checks = [
-        ("n_users", cfg.n_users >= 1, ">= 1"),
-        ("n_items", cfg.n_items >= 2, ">= 2"),
-        ("n_categories", cfg.n_categories >= 1, ">= 1"),
-        ("n_brands", cfg.n_brands >= 1, ">= 1"),
-        ("factor_levels", 2 <= cfg.factor_levels <= MAX_FACTOR_LEVELS, f"in [2, {MAX_FACTOR_LEVELS}]"),
-        ("active_factors", 0 <= cfg.active_factors <= n_factors, f"in [0, {n_factors}] (the number of factors)"),
-        ("min_seq_len", cfg.min_seq_len >= 1, ">= 1"),
-        ("max_seq_len", cfg.max_seq_len >= cfg.min_seq_len, ">= min_seq_len"),
-        ("cold_item_share", 0.0 <= cfg.cold_item_share < 1.0, "in [0, 1)"),
-        ("image_size", cfg.image_size >= 8, ">= 8"),
-        ("preference_drift", 0.0 <= cfg.preference_drift <= 1.0, "in [0, 1]"),
-        ("preference_strength", cfg.preference_strength >= 0.0, ">= 0"),
-        ("popularity_sigma", cfg.popularity_sigma >= 0.0, ">= 0"),
-        ("seq_len_exponent", cfg.seq_len_exponent >= 0.0, ">= 0"),
-    ]
-    for key, ok, rule in checks:
-        if not ok:
-            raise ValueError(f"{CONFIG_KEY}.{key} must be {rule}, got {getattr(cfg, key)}")
+    if cfg.factor_levels > MAX_FACTOR_LEVELS:
+        raise ValueError(f"{CONFIG_KEY}.factor_levels must be in [2, {MAX_FACTOR_LEVELS}], got {cfg.factor_levels}")
     n_warm = cfg.n_items - _n_cold(cfg)
     if cfg.min_seq_len > n_warm:
         raise ValueError(f"{CONFIG_KEY}.min_seq_len ({cfg.min_seq_len}) exceeds the {n_warm} items released "
@@ -448,14 +433,8 @@ def _write_npz(path: Path, arrays: dict) -> None:
 @contextmanager
 def _atomic(path: Path):
     """A binary file under a temporary name, renamed to `path` only once it is complete."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as out:
-            yield out
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_path(path) as temporary, open(temporary, "wb") as out:
+        yield out
 
 
 @contextmanager

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
 from marn.nn.apgru import APGRU
 from marn.nn.candidate_attention import CandidateAttention
@@ -61,8 +62,8 @@ class IdFields(nn.Module):
             nn.init.normal_(embedding.weight, std=init_std)
         self.n_fields = 2 * len(sizes)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target, history, mask = batch["target_item"], batch["hist_items"], batch["hist_mask"]
+    def forward(self, batch: Batch) -> torch.Tensor:
+        target, history, mask = batch.target_item, batch.hist_items, batch.hist_mask
         ids = {"item": (target, history), "category": (self.category[target], self.category[history]),
                "brand": (self.brand[target], self.brand[history])}
         fields = []
@@ -85,8 +86,8 @@ class AttentiveSequenceCTR(CTRModel):
         self.candidate_attention = CandidateAttention(architecture.hidden, dim)
         self.prediction = MLP(architecture.hidden + dim, architecture.prediction_mlp, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
         candidate, history = encode_batch_items(self.item_encoder, batch)
-        states, _ = self.sequence(history, None, batch["hist_len"])
-        user_interest = self.candidate_attention(states, candidate, batch["hist_mask"])
+        states, _ = self.sequence(history, None, batch.hist_len)
+        user_interest = self.candidate_attention(states, candidate, batch.hist_mask)
         return ctr_outputs(self.prediction(torch.cat([user_interest, candidate], dim=1)).squeeze(1))

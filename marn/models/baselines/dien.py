@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marn.data.item_table import RESERVED_ENTRIES, ItemTable
+from marn.batch import Batch
+from marn.items import RESERVED_ENTRIES, ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_distinct, pad_history
 from marn.models.baselines.common import ConcatenatedModalities
 from marn.nn.apgru import APGRU
@@ -52,8 +53,8 @@ class DIEN(CTRModel):
         self.interest_evolution = AUGRU(dim, dim)
         self.prediction = MLP(2 * dim, architecture.prediction_mlp, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
-        target, history, mask = batch["target_item"], batch["hist_items"], batch["hist_mask"]
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
+        target, history, mask = batch.target_item, batch.hist_items, batch.hist_mask
         pairs = mask[:, 1:] & mask[:, :-1]
         item_sets = [target, history[mask]]
         if self.training:
@@ -61,7 +62,7 @@ class DIEN(CTRModel):
             item_sets.append(negatives[pairs])
         candidate, valid_history, *negative = encode_distinct(self.items, *item_sets)
         behaviours = pad_history(valid_history, mask)
-        states, _ = self.interest_extractor(behaviours, None, batch["hist_len"])
+        states, _ = self.interest_extractor(behaviours, None, batch.hist_len)
         aux_losses = {}
         if self.training:
             aux_losses["aux"] = AUX_LOSS_WEIGHT * auxiliary_loss(states, behaviours, negative[0], pairs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marn.data.item_table import ItemTable
+from marn.items import ItemTable
 from marn.models.base import Architecture
 from marn.models.baselines.common import AttentiveSequenceCTR, FusedModalities
 from marn.nn.dense_fusion import DenseMultimodalFusion

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
 from marn.models.baselines.common import ConcatenatedModalities
 from marn.nn.candidate_attention import CandidateAttention
@@ -30,12 +31,12 @@ class DUPN(CTRModel):
         self.attention = CandidateAttention(architecture.hidden, self.items.out_dim)
         self.prediction = MLP(architecture.hidden + self.items.out_dim, architecture.prediction_mlp, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
-        mask = batch["hist_mask"]
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
+        mask = batch.hist_mask
         candidate, history = encode_batch_items(self.items, batch)
-        properties = self.behaviour_property(batch["hist_type"], batch["hist_gap"], mask)
+        properties = self.behaviour_property(batch.hist_type, batch.hist_gap, mask)
         # pack_padded_sequence rejects length 0; such a row's attention is all padding, so its user vector is 0
-        lengths = batch["hist_len"].clamp(min=1).cpu()
+        lengths = batch.hist_len.clamp(min=1).cpu()
         packed = pack_padded_sequence(torch.cat([history, properties], dim=2), lengths, batch_first=True,
                                       enforce_sorted=False)
         states, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=mask.shape[1])

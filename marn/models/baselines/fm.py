@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs
 from marn.models.baselines.common import IdFields
 from marn.nn.interactions import factorization_machine_pairs
@@ -24,6 +25,6 @@ class FM(CTRModel):
         self.factors = IdFields(table, dim=architecture.embed_dim, init_std=FACTOR_INIT_STD)
         self.bias = nn.Parameter(torch.zeros(1))
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
         linear = self.weights(batch).sum(dim=(1, 2))
         return ctr_outputs(self.bias + linear + factorization_machine_pairs(self.factors(batch)))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs
 from marn.models.baselines.common import IdFields
 
@@ -20,5 +21,5 @@ class LR(CTRModel):
         self.weights = IdFields(table, dim=1, init_std=0.0)
         self.bias = nn.Parameter(torch.zeros(1))
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
         return ctr_outputs(self.weights(batch).sum(dim=(1, 2)) + self.bias)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from marn.data.item_table import ItemTable
+from marn.items import ItemTable
 from marn.models.base import Architecture
 from marn.models.baselines.common import AttentiveSequenceCTR, FusedModalities
 from marn.nn.image_filtered_attention import ImageFilteredModalityAttention

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
 from marn.nn.fusion import PerModalityLinear
 from marn.nn.modality_embedding import MODALITIES, ModalityEmbedding
@@ -42,7 +43,7 @@ class NAML(CTRModel):
         weights = self._views_and_weights(items)[1]
         return {m: weights[:, i:i + 1] for i, m in enumerate(MODALITIES)}
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
         candidate, history = encode_batch_items(self.encode_items, batch)
-        user, _ = self.user_attention(history, batch["hist_mask"])
+        user, _ = self.user_attention(history, batch.hist_mask)
         return ctr_outputs((user * candidate).sum(dim=1) + self.bias)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
 from marn.nn.interactions import CompressedInteractionNetwork
 from marn.nn.mlp import MLP
@@ -32,9 +33,9 @@ class XDeepFM(CTRModel):
         self.cin_output = nn.Linear(self.cin.out_dim, 1, bias=False)
         self.dnn = MLP(flat_dim, architecture.prediction_mlp, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
         candidate, history = encode_batch_items(self.modality_embedding, batch)
-        fields = torch.cat([candidate, masked_mean(history, batch["hist_mask"])], dim=1)
+        fields = torch.cat([candidate, masked_mean(history, batch.hist_mask)], dim=1)
         flat = fields.flatten(1)
         logit = self.linear(flat) + self.cin_output(self.cin(fields)) + self.dnn(flat)
         return ctr_outputs(logit.squeeze(1))

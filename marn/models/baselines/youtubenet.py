@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from marn.data.item_table import ItemTable
+from marn.batch import Batch
+from marn.items import ItemTable
 from marn.models.base import Architecture, CTRModel, ctr_outputs, encode_batch_items
 from marn.models.baselines.common import ConcatenatedModalities
 from marn.nn.mlp import MLP
@@ -24,7 +25,7 @@ class YoutubeNet(CTRModel):
         self.items = ConcatenatedModalities(table, architecture)
         self.tower = MLP(2 * self.items.out_dim, architecture.prediction_mlp, 1)
 
-    def forward(self, batch: dict[str, torch.Tensor], adversarial_weight: float = 0.0) -> dict:
+    def forward(self, batch: Batch, adversarial_weight: float = 0.0) -> dict:
         candidate, history = encode_batch_items(self.items, batch)
-        user = masked_mean(history, batch["hist_mask"])
+        user = masked_mean(history, batch.hist_mask)
         return ctr_outputs(self.tower(torch.cat([user, candidate], dim=1)).squeeze(1))

@@ -1,4 +1,4 @@
-"""Serving from pre-extracted item representations (paper §4.9.2).
+"""Scoring from pre-extracted item representations (paper §4.9.2).
 
 An item's representation `rep` (modality embeddings, attention fusion and the pooled invariant part) reads
 nothing of the user, so `export_item_representations` computes it once for every item. A
@@ -6,25 +6,17 @@ nothing of the user, so `export_item_representations` computes it once for every
 looking representations up and running only the user side: behaviour properties, the APGRU over the
 history (once per request, shared by every candidate), candidate attention and the prediction MLP.
 
-    python -m marn.serve export [MODEL] [key=value ...] [--dir DIR]   # MODEL defaults to MARN
-    python -m marn.serve score  [MODEL] [key=value ...] [--dir DIR] < requests.jsonl
-    python -m marn.serve http   [MODEL] [key=value ...] [--dir DIR] [--host H] [--port P] [--workers N]
-
-`export` reads `<train.out_dir>/<MODEL>/model.pt` and writes to DIR (default `data/serving/<MODEL>/`):
+An export folder (`python -m marn.serve export`, default `data/serving/<MODEL>/`) holds:
 - `item_representations.npy`: float32 `N_items x hidden`, row = item index (docs/FORMATS.md);
 - `item_ids.parquet`: `item_idx:int32, asin:str`, the id map;
 - `manifest.json`: the model name, the SHA-256 of the model file, `max_len` and the sizes.
-`score` reads one JSON request a line, `{"history": [asin, ...], "candidates": [asin, ...]}` with optional
-`history_types` (ints), `history_times` (unix seconds) and `request_time`, and prints `{"scores": [...]}`.
-`http` answers the same request as the JSON body of `POST /score` (marn/serve_http.py).
+A request (`parse_request`) is `{"history": [asin, ...], "candidates": [asin, ...]}` with optional
+`history_types` (ints), `history_times` (unix seconds) and `request_time`.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +27,16 @@ import pyarrow.parquet as pq
 import torch
 
 from marn import ops
-from marn.config import ConfigError, load_config, resolve_path
-from marn.data.dataset import CTRDataset, time_gap_bucket
+from marn.config import Paths
+from marn.batch import Batch
+from marn.data.dataset import CTRDataset, build_batch
+from marn.data.formats import read_items
 from marn.data.item_table import load_item_table
+from marn.files import atomic_path, atomic_write_text, file_sha256
 from marn.models.marn import MARN
-from marn.models.persistence import ModelFileError, load_model
-from marn.models.registry import check_model_name, model_folder
+from marn.models.persistence import ModelFileError, load_model, model_file
 
 EXPORT_FORMAT = 1
-DEFAULT_MODEL = "MARN"
-DEFAULT_EXPORT_ROOT = "data/serving"
 REPRESENTATIONS_FILE, ID_MAP_FILE, MANIFEST_FILE = "item_representations.npy", "item_ids.parquet", "manifest.json"
 EXPORT_CHUNK_ITEMS = 1024  # items encoded at once: bounds the 4096-d image rows gathered per chunk
 REQUEST_KEYS = frozenset({"history", "candidates", "history_types", "history_times", "request_time"})
@@ -70,14 +62,6 @@ def request_of_sample(dataset: CTRDataset, index: int, candidates: Sequence[int]
                           dataset.seq_times[start:end].tolist(), int(dataset.seq_times[end]))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _require_marn(model, model_name: str) -> MARN:
     if not isinstance(model, MARN):
         raise ValueError(f"model {model_name!r} is a {type(model).__name__}, which has no item-only representation")
@@ -93,32 +77,34 @@ def item_representations(model: MARN, n_items: int) -> torch.Tensor:
     return torch.cat(chunks).float()
 
 
-def export_item_representations(cfg, model_name: str, export_dir: Path) -> dict:
-    """Write the representations, the id map and the manifest of `<train.out_dir>/<model_name>/model.pt` to
-    `export_dir`; returns the manifest."""
-    check_model_name(model_name)
-    ops.configure(cfg.ops)
-    prepared_dir = resolve_path(cfg.data.prepared_dir)
-    model_path = model_folder(resolve_path(cfg.train.out_dir), model_name) / "model.pt"
-    table = load_item_table(prepared_dir, resolve_path(cfg.features.dir))
+def export_item_representations(model_name: str, max_len: int, paths: Paths, export_dir: Path) -> dict:
+    """Write the representations, the id map and the manifest of `<paths.models>/<model_name>/model.pt` to
+    `export_dir`, with the ops backend the caller entered; `max_len` (`data.max_len`) goes to the manifest.
+    Returns the manifest."""
+    model_path = model_file(paths.models, model_name)
+    table = load_item_table(paths.prepared, paths.features)
     model = _require_marn(load_model(model_path, model_name, table), model_name)
     representations = item_representations(model, table.n_items)
-    ids = pq.read_table(prepared_dir / "items.parquet", columns=["item_idx", "asin"])
+    ids = read_items(paths.prepared, ["item_idx", "asin"])
 
-    export_dir.mkdir(parents=True, exist_ok=True)
-    np.save(export_dir / REPRESENTATIONS_FILE, representations.numpy())
-    pq.write_table(pa.table({"item_idx": ids.column("item_idx").cast(pa.int32()), "asin": ids.column("asin")}),
-                   export_dir / ID_MAP_FILE)
+    with atomic_path(export_dir / REPRESENTATIONS_FILE) as temporary, open(temporary, "wb") as f:
+        np.save(f, representations.numpy())
+    with atomic_path(export_dir / ID_MAP_FILE) as temporary:
+        pq.write_table(pa.table({"item_idx": ids.column("item_idx").cast(pa.int32()), "asin": ids.column("asin")}),
+                       temporary)
     manifest = {"format": EXPORT_FORMAT, "model_name": model_name, "model_sha256": file_sha256(model_path),
-                "n_items": table.n_items, "hidden": int(representations.shape[1]), "max_len": int(cfg.data.max_len)}
-    (export_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+                "n_items": table.n_items, "hidden": int(representations.shape[1]), "max_len": max_len}
+    # written last: an export with a manifest is whole
+    atomic_write_text(export_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
     return manifest
 
 
 class RepresentationScorer:
-    """Scores requests from stored item representations with the user side of a trained MARN."""
+    """Scores requests from stored item representations with the user side of a trained MARN, on the ops backend
+    `ops_backend` (entered where it scores: a server's handlers run in other threads than the one that loaded it)."""
 
-    def __init__(self, model: MARN, representations: torch.Tensor, max_len: int, asins: Sequence[str] = ()):
+    def __init__(self, model: MARN, representations: torch.Tensor, max_len: int, ops_backend: str,
+                 asins: Sequence[str] = ()):
         if representations.dim() != 2 or representations.shape[1] != model.sequence.input_size:
             raise ValueError(f"representations of shape {list(representations.shape)} do not fit the model's "
                              f"representation size {model.sequence.input_size}")
@@ -127,6 +113,7 @@ class RepresentationScorer:
         self.model = model.eval()
         self.representations = representations
         self.max_len = max_len
+        self.ops_backend = ops_backend
         self.item_index_of = {asin: index for index, asin in enumerate(asins)}
 
     @property
@@ -147,44 +134,33 @@ class RepresentationScorer:
             raise ValueError(f"{what} item {int(outside[0])} is outside the {self.n_items} exported items")
         return tensor
 
-    def _history(self, request: ScoringRequest) -> dict[str, torch.Tensor]:
-        """The history cut to the last `max_len` behaviours as a one-row batch, like `CTRDataset`'s."""
-        items = self._checked_items("history", request.history_items)[-self.max_len:]
-        length = int(items.shape[0])
-        width = max(length, 1)
-        types = np.zeros(length, np.int64)
+    def _batch(self, request: ScoringRequest, candidates: torch.Tensor) -> Batch:
+        """The request's history cut to its last `max_len` behaviours, as `CTRDataset` cuts it, shared by the
+        `candidates` as targets."""
+        items = self._checked_items("history", request.history_items)[-self.max_len:].numpy()
+        types = np.zeros(len(items), np.int64)
         if request.history_types is not None:
             if len(request.history_types) != len(request.history_items):
                 raise ValueError(f"{len(request.history_types)} history_types for {len(request.history_items)} "
                                  "history items")
             types = np.asarray(request.history_types, np.int64)[-self.max_len:]
-        gaps = np.zeros(length, np.int64)
+        times, target_time, buckets = None, None, 1
         if request.history_times is not None:
             if len(request.history_times) != len(request.history_items):
                 raise ValueError(f"{len(request.history_times)} history_times for {len(request.history_items)} "
                                  "history items")
             if request.request_time is None:
                 raise ValueError("history_times need the request_time they are measured from")
-            if self.model.behaviour_property is not None:
+            if self.model.behaviour_property is not None:  # a model without behaviour properties reads no gaps
                 buckets = self.model.behaviour_property.gap_embedding.num_embeddings
                 times = np.asarray(request.history_times, np.int64)[-self.max_len:]
-                gaps = time_gap_bucket(int(request.request_time) - times, buckets)
+                target_time = np.array([request.request_time], np.int64)
+        return build_batch(items, types, np.zeros(1, np.int64), np.array([len(items)]), candidates.numpy(),
+                           behaviour_times=times, target_time=target_time, time_gap_buckets=buckets)
 
-        def padded(values) -> torch.Tensor:
-            row = torch.zeros(1, width, dtype=torch.int64)
-            row[0, :length] = torch.as_tensor(values)
-            return row
-
-        return {"hist_items": padded(items), "hist_len": torch.tensor([length]),
-                "hist_mask": torch.arange(width)[None, :] < length, "hist_type": padded(types),
-                "hist_gap": padded(gaps)}
-
-    def request_batch(self, request: ScoringRequest) -> dict[str, torch.Tensor]:
+    def request_batch(self, request: ScoringRequest) -> Batch:
         """The request as the full model's batch: the history repeated for every candidate."""
-        candidates = self._checked_items("candidate", request.candidate_items)
-        history = self._history(request)
-        batch = {key: value.expand(len(candidates), *value.shape[1:]) for key, value in history.items()}
-        return {**batch, "target_item": candidates}
+        return self._batch(request, self._checked_items("candidate", request.candidate_items))
 
     @torch.inference_mode()
     def logits(self, request: ScoringRequest) -> torch.Tensor:
@@ -192,23 +168,23 @@ class RepresentationScorer:
         candidates = self._checked_items("candidate", request.candidate_items)
         if candidates.numel() == 0:
             raise ValueError("a request needs at least one candidate item")
-        history = self._history(request)
-        mask = history["hist_mask"]
-        states, last_state = self.model.read_history(self.representations[history["hist_items"]] * mask.unsqueeze(-1),
-                                                     history)
+        history = self._batch(request, candidates[:1])  # one history row: the APGRU runs once per request
+        mask = history.hist_mask
         count = candidates.shape[0]
-        return self.model.click_logit(states.expand(count, -1, -1), last_state.expand(count, -1),
-                                      self.representations[candidates], mask.expand(count, -1))
+        with ops.use_backend(self.ops_backend):
+            states, last_state = self.model.read_history(self.representations[history.hist_items] * mask.unsqueeze(-1),
+                                                         history)
+            return self.model.click_logit(states.expand(count, -1, -1), last_state.expand(count, -1),
+                                          self.representations[candidates], mask.expand(count, -1))
 
     def score(self, request: ScoringRequest) -> torch.Tensor:
         """Click probabilities [C] of the request's candidates, in their order."""
         return torch.sigmoid(self.logits(request))
 
 
-def load_scorer(cfg, model_name: str, export_dir: Path) -> RepresentationScorer:
-    """The scorer of `export_dir`, refusing an export of another model file than `<train.out_dir>/<model>/model.pt`."""
-    check_model_name(model_name)
-    ops.configure(cfg.ops)
+def load_scorer(model_name: str, paths: Paths, export_dir: Path, ops_backend: str) -> RepresentationScorer:
+    """The scorer of `export_dir` on `ops_backend`, refusing an export of another model file than
+    `<paths.models>/<model>/model.pt`."""
     manifest_path = export_dir / MANIFEST_FILE
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} not found: run python -m marn.serve export {model_name} first")
@@ -217,17 +193,17 @@ def load_scorer(cfg, model_name: str, export_dir: Path) -> RepresentationScorer:
         raise ModelFileError(f"{manifest_path} has format {manifest.get('format')!r}, expected {EXPORT_FORMAT}")
     if manifest["model_name"] != model_name:
         raise ModelFileError(f"{export_dir} holds model {manifest['model_name']!r}, not {model_name!r}")
-    model_path = model_folder(resolve_path(cfg.train.out_dir), model_name) / "model.pt"
+    model_path = model_file(paths.models, model_name)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train {model_name!r} first")
     if file_sha256(model_path) != manifest["model_sha256"]:
         raise ModelFileError(f"{export_dir} was exported from another {model_path}; "
                              f"run python -m marn.serve export {model_name} again")
-    table = load_item_table(resolve_path(cfg.data.prepared_dir), resolve_path(cfg.features.dir))
+    table = load_item_table(paths.prepared, paths.features)
     model = _require_marn(load_model(model_path, model_name, table), model_name)
     representations = torch.from_numpy(np.load(export_dir / REPRESENTATIONS_FILE))
     asins = pq.read_table(export_dir / ID_MAP_FILE, columns=["asin"]).column("asin").to_pylist()
-    return RepresentationScorer(model, representations, int(manifest["max_len"]), asins)
+    return RepresentationScorer(model, representations, manifest["max_len"], ops_backend, asins)
 
 
 class RequestError(ValueError):
@@ -273,7 +249,8 @@ def parse_request(scorer: RepresentationScorer, fields) -> ScoringRequest:
                           _int_list(fields, "history_types"), _int_list(fields, "history_times"), request_time)
 
 
-def _score_lines(scorer: RepresentationScorer, lines, out) -> None:
+def score_lines(scorer: RepresentationScorer, lines, out) -> None:
+    """`{"scores": [...]}` on `out` for each request line of `lines`; a bad line fails naming its number."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -282,40 +259,3 @@ def _score_lines(scorer: RepresentationScorer, lines, out) -> None:
             out.write(json.dumps({"scores": scorer.score(request).tolist()}) + "\n")
         except ValueError as err:  # json.JSONDecodeError and RequestError are ValueErrors
             raise ValueError(f"request line {number}: {err}") from err
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m marn.serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("export", "score", "http"))
-    parser.add_argument("args", nargs="*", help="MODEL (default MARN), then key=value overrides of params.yaml")
-    parser.add_argument("--dir", type=Path, help="export folder (default data/serving/<MODEL>)")
-    parser.add_argument("--host", default="127.0.0.1", help="http: address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="http: port (default 8000)")
-    parser.add_argument("--workers", type=int, default=1, help="http: worker processes (default 1)")
-    options = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    has_model = bool(options.args) and "=" not in options.args[0]
-    model_name = options.args[0] if has_model else DEFAULT_MODEL
-    try:
-        cfg = load_config(options.args[1:] if has_model else options.args)
-        check_model_name(model_name)
-    except (ConfigError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    export_dir = options.dir or resolve_path(DEFAULT_EXPORT_ROOT) / model_name
-    try:
-        if options.command == "export":
-            manifest = export_item_representations(cfg, model_name, export_dir)
-            print(f"{manifest['n_items']} item representations of {model_name} written to {export_dir}")
-        elif options.command == "score":
-            _score_lines(load_scorer(cfg, model_name, export_dir), sys.stdin, sys.stdout)
-        else:
-            from marn.serve_http import run_server  # the web stack loads only for this command
-
-            overrides = options.args[1:] if has_model else options.args
-            run_server(cfg, model_name, export_dir, overrides, options.host, options.port, options.workers)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
-
-
-if __name__ == "__main__":
-    main()

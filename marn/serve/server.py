@@ -32,8 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from marn.config import load_config
-from marn.serve import MANIFEST_FILE, RepresentationScorer, RequestError, load_scorer, parse_request
+from marn.config import Params, Paths
+from marn.pipeline import load_params
+from marn.serve.scoring import MANIFEST_FILE, RepresentationScorer, RequestError, load_scorer, parse_request
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: about 50,000 item ids of ten characters
 MAX_CANDIDATES = 10_000
@@ -94,10 +95,10 @@ def create_app(scorer: RepresentationScorer, manifest: dict, max_body_bytes: int
     return Starlette(routes=[Route("/health", health, methods=["GET"]), Route("/score", score, methods=["POST"])])
 
 
-def _load(cfg, model_name: str, export_dir: Path) -> Starlette:
-    if cfg.train.num_threads:
-        torch.set_num_threads(int(cfg.train.num_threads))
-    scorer = load_scorer(cfg, model_name, export_dir)
+def _load(config: Params, model_name: str, export_dir: Path) -> Starlette:
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    scorer = load_scorer(model_name, Paths.from_params(config), export_dir, config.ops.backend)
     manifest = json.loads((export_dir / MANIFEST_FILE).read_text())
     return create_app(scorer, manifest)
 
@@ -105,17 +106,17 @@ def _load(cfg, model_name: str, export_dir: Path) -> Starlette:
 def worker_app() -> Starlette:
     """The app of one uvicorn worker process, from what `run_server` put in the environment."""
     settings = json.loads(os.environ[WORKER_ENV])
-    return _load(load_config(settings["overrides"]), settings["model"], Path(settings["export_dir"]))
+    return _load(load_params(settings["overrides"]), settings["model"], Path(settings["export_dir"]))
 
 
-def run_server(cfg, model_name: str, export_dir: Path, overrides: list[str], host: str, port: int,
+def run_server(config: Params, model_name: str, export_dir: Path, overrides: list[str], host: str, port: int,
                workers: int) -> None:
     """Serve until stopped (Ctrl-C or SIGTERM). The export is checked here first, so a bad one fails at once."""
     import uvicorn
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    app = _load(cfg, model_name, Path(export_dir))
+    app = _load(config, model_name, Path(export_dir))
     print(f"serving {model_name} from {export_dir} on http://{host}:{port} with {workers} worker(s)", flush=True)
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="warning")

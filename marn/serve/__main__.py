@@ -1,0 +1,3 @@
+from marn.serve.cli import main
+
+main()
