@@ -117,17 +117,6 @@ class ColumnsConfig:
     image: Optional[str] = None
 
 
-# Every valid `data.source`, with the `data.*` keys it cannot run without; marn.data.fetch has one fetcher each.
-DATA_SOURCES: dict[str, tuple[str, ...]] = {
-    "synthetic": (),
-    "amazon2014": (),
-    "amazon2018": (),
-    "amazon2023": (),
-    "files": ("reviews", "meta"),
-    "interactions": ("interactions",),
-}
-
-
 @dataclass
 class DataConfig:
     source: str = "synthetic"
