@@ -22,6 +22,7 @@ import urllib.request
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -354,7 +355,7 @@ def extract_image_features(
     loop_started = time.perf_counter()
     images_done = _encode_rows(
         model, device, transform, locations, pending, start, features.batch_size, features.num_decode_workers,
-        image_rows, status, lambda rows_done: work.commit(image_rows, status, fingerprint, rows_done), bar,
+        image_rows, status, partial(work.commit, image_rows, status, fingerprint), bar,
     )
     bar.close()
     loop_seconds = time.perf_counter() - loop_started
