@@ -4,9 +4,7 @@ embedding per (statistic, granularity) bucket, NaN in a bucket of its own. The l
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,15 +41,6 @@ class StatisticEmbedding(nn.Module):
             # N(0, 1) like nn.Embedding: the tables are embeddings looked up by bucket.
             tables.append(nn.Parameter(torch.randn(self.num_statistics * (bounds.shape[1] + 2), dim)))
         self.tables = nn.ParameterList(tables)
-
-    @classmethod
-    def from_npz(cls, path: str | Path, dim: int = 8) -> StatisticEmbedding:
-        """Read `stat_boundaries.npz` (keys `g<G>`, see docs/FORMATS.md), granularities in ascending G."""
-        with np.load(path) as archive:
-            keys = sorted((k for k in archive.files if re.fullmatch(r"g\d+", k)), key=lambda k: int(k[1:]))
-            if not keys:
-                raise ValueError(f"{path}: no granularity arrays (keys g<G>) found, keys are {archive.files}")
-            return cls([archive[k] for k in keys], dim=dim)
 
     @property
     def boundaries(self) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from op_samples import COMPILED_BACKEND, DEVICE, assert_all_close, backend, embedding_inputs, outputs_and_grads
 
 from marn import ops
+from marn.data.formats import read_stat_boundaries
 from marn.nn import StatisticEmbedding
 from marn.ops import embedding as embedding_module
 
@@ -98,12 +99,12 @@ def test_opcheck():
     torch.library.opcheck(library.multi_granularity_embedding.default, (values, boundaries, tables))
 
 
-def test_statistic_embedding_module_reads_npz(tmp_path):
+def test_statistic_embedding_module_on_prepared_boundaries(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "stat_boundaries.npz"
     g10, g100 = (np.sort(rng.normal(size=(4, g - 1)), axis=1).astype(np.float32) for g in (10, 100))
     np.savez(path, g100=g100, g10=g10, names=np.array(["n_reviews", "mean_rating", "price", "sales_rank"]))
-    layer = StatisticEmbedding.from_npz(path, dim=8).to(DEVICE)
+    layer = StatisticEmbedding(list(read_stat_boundaries(tmp_path).boundaries), dim=8).to(DEVICE)
     assert [b.shape[1] + 1 for b in layer.boundaries] == [10, 100]
     assert [tuple(t.shape) for t in layer.tables] == [(44, 8), (404, 8)]
     values = torch.tensor(rng.normal(size=(2, 3, 4)), dtype=torch.float32, device=DEVICE)
