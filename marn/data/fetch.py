@@ -145,17 +145,22 @@ def amazon_urls(source: str, category: str, base_url: str | None = None) -> dict
 def fetched_files(raw_dir: Path) -> dict[str, Path]:
     """The files `fetch` put in `raw_dir`, by role ("reviews", "meta", and "truth" for synthetic data;
     "interactions" and, where given, "items" for an interactions source)."""
+    summary = read_fetch_record(raw_dir)
+    return {role: Path(raw_dir) / entry["name"] for role, entry in summary["files"].items()}
+
+
+def read_fetch_record(raw_dir: Path) -> dict:
+    """`fetch.json`: what `fetch` put in `raw_dir` and where it came from."""
     summary_path = Path(raw_dir) / FETCH_RECORD
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} not found: run the fetch stage first")
-    summary = json.loads(summary_path.read_text())
-    return {role: Path(raw_dir) / entry["name"] for role, entry in summary["files"].items()}
+    return json.loads(summary_path.read_text())
 
 
 def fetched_origins(raw_dir: Path) -> dict[str, str]:
     """Each fetched file by role as the user named it: `data.<role>=<value>` for files they gave, the URL of a
     release file, or the file's name for generated data. Error messages name these, not the copies in raw_dir."""
-    summary = json.loads((Path(raw_dir) / FETCH_RECORD).read_text())
+    summary = read_fetch_record(raw_dir)
     urls = summary.get("urls") or {}
     given = bool(DATA_SOURCES.get(summary["source"]))  # sources whose files are data.* values
     return {role: (f"data.{role}={urls[role]}" if given else urls[role]) if role in urls else entry["name"]
